@@ -1,0 +1,11 @@
+"""Root pytest configuration: two real XLA CPU devices for every test process.
+
+Set before anything imports JAX, so pmap tests run over 2 devices for real
+(``--xla_force_host_platform_device_count``); single-device code paths take
+``jax.local_devices()[:1]``.
+"""
+import os
+
+_flag = "--xla_force_host_platform_device_count=2"
+if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
