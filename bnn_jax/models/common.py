@@ -14,13 +14,16 @@ def scaled(channels: int, width: float) -> int:
   return max(1, int(round(channels * width)))
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str | None = None, axis_name: str | None = None) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5).
 
-  Statistics are per device during training; the trainer averages them across
-  devices before evaluating and saving.
+  With ``axis_name`` (inside pmap) the batch statistics are averaged over the
+  devices (synchronized BN): N devices then compute what one device would on
+  the global batch. Without it they are per device, and the trainer averages
+  the running statistics before evaluating and saving.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name,
+                      axis_name=axis_name if train else None)
 
 
 def hardtanh(x: jax.Array) -> jax.Array:

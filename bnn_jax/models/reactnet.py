@@ -20,7 +20,7 @@ Weights: mean|W| per output channel * sign(W), clipped STE; activations: RSign
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,7 @@ class ReActBlock(nn.Module):
   strides: int = 1
   binarize_weights: bool = True
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -44,12 +45,12 @@ class ReActBlock(nn.Module):
     y = layers.BinaryConv(self.features, 3, self.strides, input_quantizer=None,
                           binarize_weights=self.binarize_weights, dtype=self.dtype,
                           name="binary_conv")(y)
-    y = batch_norm(train, "bn")(y)
+    y = batch_norm(train, "bn", self.bn_axis_name)(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = avg_pool2(x) if self.strides != 1 else x
       shortcut = conv1x1(self.features, dtype=self.dtype, name="shortcut_conv")(shortcut)
-      shortcut = batch_norm(train, "shortcut_bn")(shortcut)
+      shortcut = batch_norm(train, "shortcut_bn", self.bn_axis_name)(shortcut)
     return layers.RPReLU(name="rprelu")(y + shortcut)
 
 
@@ -88,17 +89,18 @@ class ReActNet18(nn.Module):
   blocks_per_stage: Sequence[int] = (4, 4, 4, 4)
   binarize_weights: bool = True
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     features = {}
     x = conv3x3(scaled(STAGES[0], self.width), dtype=self.dtype, name="stem_conv")(x)
-    x = batch_norm(train, "stem_bn")(x)
+    x = batch_norm(train, "stem_bn", self.bn_axis_name)(x)
     for s, (channels, blocks) in enumerate(zip(STAGES, self.blocks_per_stage)):
       for b in range(blocks):
         strides = 2 if (s > 0 and b == 0) else 1
         x = ReActBlock(scaled(channels, self.width), strides, self.binarize_weights,
-                       self.dtype, name=f"stage{s + 1}_block{b + 1}")(x, train)
+                       self.dtype, self.bn_axis_name, name=f"stage{s + 1}_block{b + 1}")(x, train)
       features[f"stage{s + 1}"] = x
     return _head(self, x, features, return_features)
 
@@ -111,6 +113,7 @@ class ReActNet18BNFree(nn.Module):
   alpha: float = 0.2
   binarize_weights: bool = True
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None  # accepted for a uniform interface; there is no BN
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):

@@ -14,7 +14,7 @@ Sources: He et al. 2016; Qin et al. 2020 (IR-Net); Xu et al. 2021 (ReCU).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -26,25 +26,26 @@ from bnn_jax.models.reactnet import _head
 STAGES = (64, 128, 256, 512)
 
 
-def _shortcut(x, features: int, strides: int, train: bool, dtype):
+def _shortcut(x, features: int, strides: int, train: bool, dtype, bn_axis_name):
   if strides == 1 and x.shape[-1] == features:
     return x
   x = conv1x1(features, strides=strides, dtype=dtype, name="shortcut_conv")(x)
-  return batch_norm(train, "shortcut_bn")(x)
+  return batch_norm(train, "shortcut_bn", bn_axis_name)(x)
 
 
 class BasicBlockFP(nn.Module):
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     y = conv3x3(self.features, strides=self.strides, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = nn.relu(batch_norm(train, "bn1", self.bn_axis_name)(y))
     y = conv3x3(self.features, dtype=self.dtype, name="conv2")(y)
-    y = batch_norm(train, "bn2")(y)
-    return nn.relu(y + _shortcut(x, self.features, self.strides, train, self.dtype))
+    y = batch_norm(train, "bn2", self.bn_axis_name)(y)
+    return nn.relu(y + _shortcut(x, self.features, self.strides, train, self.dtype, self.bn_axis_name))
 
 
 class BasicBlockBNN(nn.Module):
@@ -53,15 +54,16 @@ class BasicBlockBNN(nn.Module):
   input_quantizer: str = "approx_sign"
   binarize_weights: bool = True
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv = lambda strides, name: layers.BinaryConv(
         self.features, 3, strides, input_quantizer=self.input_quantizer,
         binarize_weights=self.binarize_weights, dtype=self.dtype, name=name)
-    h = batch_norm(train, "bn1")(conv(self.strides, "binary_conv1")(x))
-    h = hardtanh(h + _shortcut(x, self.features, self.strides, train, self.dtype))
-    y = batch_norm(train, "bn2")(conv(1, "binary_conv2")(h))
+    h = batch_norm(train, "bn1", self.bn_axis_name)(conv(self.strides, "binary_conv1")(x))
+    h = hardtanh(h + _shortcut(x, self.features, self.strides, train, self.dtype, self.bn_axis_name))
+    y = batch_norm(train, "bn2", self.bn_axis_name)(conv(1, "binary_conv2")(h))
     return hardtanh(y + h)
 
 
@@ -70,6 +72,7 @@ class _ResNet18(nn.Module):
   width: float = 1.0
   blocks_per_stage: Sequence[int] = (2, 2, 2, 2)
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
 
   def block(self, features: int, strides: int, name: str) -> nn.Module:
     raise NotImplementedError
@@ -81,7 +84,7 @@ class _ResNet18(nn.Module):
   def __call__(self, x, train: bool = False, return_features: bool = False):
     features = {}
     x = conv3x3(scaled(STAGES[0], self.width), dtype=self.dtype, name="stem_conv")(x)
-    x = self.activation(batch_norm(train, "stem_bn")(x))
+    x = self.activation(batch_norm(train, "stem_bn", self.bn_axis_name)(x))
     for s, (channels, blocks) in enumerate(zip(STAGES, self.blocks_per_stage)):
       for b in range(blocks):
         strides = 2 if (s > 0 and b == 0) else 1
@@ -94,7 +97,7 @@ class ResNet18FP(_ResNet18):
   """Full-precision CIFAR ResNet-18 (the teacher and the reference for the gap)."""
 
   def block(self, features, strides, name):
-    return BasicBlockFP(features, strides, self.dtype, name=name)
+    return BasicBlockFP(features, strides, self.dtype, self.bn_axis_name, name=name)
 
   def activation(self, x):
     return nn.relu(x)
@@ -107,7 +110,7 @@ class ResNet18BNN(_ResNet18):
 
   def block(self, features, strides, name):
     return BasicBlockBNN(features, strides, self.input_quantizer, self.binarize_weights,
-                         self.dtype, name=name)
+                         self.dtype, self.bn_axis_name, name=name)
 
   def activation(self, x):
     return hardtanh(x)

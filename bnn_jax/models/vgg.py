@@ -10,7 +10,7 @@ Source: Zhang et al. 2018 (LQ-Nets); IR-Net / ReCU use it for CIFAR BNNs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ class VGGSmall(nn.Module):
   input_quantizer: str = "approx_sign"
   binarize_weights: bool = True
   dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -45,7 +46,7 @@ class VGGSmall(nn.Module):
                               name=f"binary_conv{i}")(x)
       if i in POOL_AFTER:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = batch_norm(train, f"bn{i}")(x)
+      x = batch_norm(train, f"bn{i}", self.bn_axis_name)(x)
       x = hardtanh(x) if self.binary else nn.relu(x)
       if i in POOL_AFTER:
         features[f"stage{POOL_AFTER.index(i) + 1}"] = x

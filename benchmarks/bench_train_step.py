@@ -1,0 +1,112 @@
+"""Train-step images/s: bnn_jax ReActNet-18 (jitted, one device) vs the same network in PyTorch.
+
+Both sides: BatchNorm in train mode, binary weights and activations with their STEs,
+softmax cross-entropy, Adam (lr 1e-3, no weight decay), one step on a float batch that
+is already in memory (no data pipeline: see bench_input_pipeline.py for that). PyTorch
+runs eager NCHW with ``torch.set_num_threads(--threads)``; JAX uses XLA's CPU thread pool
+(all cores). Before timing, the PyTorch model is loaded with the JAX model's weights and
+the logits of one train-mode forward pass are compared, so both compute the same function.
+
+  python benchmarks/bench_train_step.py                     # width 0.25, batches 32,64,128
+  python benchmarks/bench_train_step.py --width 1 --batches 128,256 --steps 20   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+
+import common
+import torch_reactnet
+
+
+def torch_runner(model, opt, x, y):
+  """n eager PyTorch train steps (forward, cross-entropy, backward, Adam)."""
+  def run(n: int) -> None:
+    for _ in range(n):
+      opt.zero_grad(set_to_none=True)
+      F.cross_entropy(model(x), y).backward()
+      opt.step()
+    if x.is_cuda:
+      torch.cuda.synchronize()
+  return run
+
+
+def check_same_function(model, state, torch_model, batch: int = 16) -> float:
+  """Max |logits_jax - logits_torch| of one train-mode forward pass with the same weights."""
+  torch_reactnet.load_flax_params(torch_model, state.params)
+  x = np.random.RandomState(0).randn(batch, 32, 32, 3).astype(np.float32)
+  logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+      {"params": state.params, "batch_stats": state.batch_stats}, x)
+  torch_model.train()
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+  return float(np.abs(np.asarray(logits) - expected).max())
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  common.add_flags(parser, steps=2, repeats=7)
+  parser.add_argument("--batches", default="32,64,128", help="comma-separated batch sizes")
+  parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                      help="torch.set_num_threads (default: all cores, as XLA uses)")
+  parser.add_argument("--torch-device", default="cpu", help="cpu or cuda")
+  args = parser.parse_args()
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  dev = torch.device(args.torch_device)
+
+  model = common.reactnet(args.width)
+  tx = optax.adam(1e-3)
+  torch_model = torch_reactnet.ReActNet18(10, args.width)
+  template = common.init_state(model, tx)
+  n_jax = common.count_params(template.params)
+  n_torch = torch_reactnet.num_params(torch_model)
+  assert n_jax == n_torch, f"parameter counts differ: jax {n_jax}, torch {n_torch}"
+  diff = check_same_function(model, template, torch_model)
+  assert diff < 1e-3, f"the two models compute different logits (max diff {diff})"
+
+  step = common.jit_float_step()
+  rows, spreads = [], []
+  for batch in common.batch_sizes(args.batches):
+    rng = np.random.RandomState(batch)
+    x = rng.randn(batch, 32, 32, 3).astype(np.float32)
+    y = rng.randint(0, 10, batch).astype(np.int32)
+    state = common.fresh_copy(template)
+    torch_model = torch_reactnet.ReActNet18(10, args.width)
+    torch_reactnet.load_flax_params(torch_model, template.params)
+    torch_model.to(dev).train()
+    opt = torch.optim.Adam(torch_model.parameters(), lr=1e-3)
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(dev)  # NCHW
+    y_torch = torch.from_numpy(y).long().to(dev)
+    runners = {"jax": common.step_runner(step, state, jnp.asarray(x), jnp.asarray(y)),
+               "torch": torch_runner(torch_model, opt, x_torch, y_torch)}
+    t = common.time_interleaved(runners, args.steps, args.repeats, args.warmup)
+    jax_ips, torch_ips = batch / t.median("jax"), batch / t.median("torch")
+    jax_best, torch_best = batch / t.best("jax"), batch / t.best("torch")
+    rows.append((batch, jax_ips, torch_ips, jax_ips / torch_ips,
+                 jax_best, torch_best, jax_best / torch_best))
+    spreads.append(f"batch {batch}: {t.spread()}")
+    del state, runners  # free the buffers before the next batch
+
+  common.print_table(
+      f"Train step, ReActNet-18 width {args.width:g} ({n_jax:,} params), images/s",
+      ("batch", "jax img/s", "torch img/s", "ratio jax/torch", "jax best", "torch best",
+       "ratio best"), rows,
+      notes=(f"torch {torch.__version__} eager on {args.torch_device}, "
+             f"{torch.get_num_threads()} threads. img/s: median of {args.repeats} alternating "
+             f"repeats of {args.steps} steps after {args.warmup} warm-up steps; best: the "
+             f"fastest repeat. Logits of the two models with the same weights agree to "
+             f"{diff:.1e}.",
+             "Range over repeats, ms/step: " + " | ".join(spreads) + "."))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,181 @@
+"""What the benchmarks share: interleaved timing, the machine line, a Markdown table, a JAX step.
+
+Timings on a shared CPU are noisy, so every benchmark times its contenders in ONE
+process, alternating repeats (A B, B A, A B, ...), and reports medians; the
+load average is printed with each table so a reader can judge the noise.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnn_jax import models, train_lib
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+  return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def machine_line() -> str:
+  """One line naming the machine, the JAX backend and the current load average."""
+  dev = jax.devices()[0]
+  backend = dev.platform if dev.platform == "cpu" else f"{dev.platform} ({dev.device_kind})"
+  return (f"{cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} on {backend}; "
+          f"{load_average()}")
+
+
+class Timing(dict):
+  """name -> seconds per step of each timed repeat; ``median``, ``best`` (min), ``spread``."""
+
+  def median(self, name: str) -> float:
+    return statistics.median(self[name])
+
+  def best(self, name: str) -> float:
+    return min(self[name])
+
+  def spread(self, digits: int = 0) -> str:
+    """'name min-max' in ms per step for every contender, for the notes under a table."""
+    return "; ".join(f"{name} {1e3 * min(t):.{digits}f}-{1e3 * max(t):.{digits}f}"
+                     for name, t in self.items())
+
+
+def time_interleaved(runners: dict[str, Callable[[int], None]], steps: int, repeats: int,
+                     warmup: int = 2) -> Timing:
+  """Seconds per step of each runner in every repeat, timed in alternating order.
+
+  ``runners[name](n)`` runs n steps and returns only when they are finished
+  (``jax.block_until_ready``). Each runner first runs ``warmup`` steps (compiling);
+  then each repeat times ``steps`` steps of every runner, reversing the order on
+  every other repeat so that neither side always runs right after the other.
+  """
+  for run in runners.values():
+    run(warmup)
+  times = Timing({name: [] for name in runners})
+  order = list(runners)
+  for r in range(repeats):
+    for name in (order if r % 2 == 0 else order[::-1]):
+      t0 = time.perf_counter()
+      runners[name](steps)
+      times[name].append((time.perf_counter() - t0) / steps)
+  return times
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence], notes=()) -> None:
+  """Prints a Markdown table under a title and the machine line, then notes."""
+  print(f"\n### {title}\n")
+  print(f"Machine: {machine_line()}\n")
+  print("| " + " | ".join(header) + " |")
+  print("|:---|" + "|".join("---:" for _ in header[1:]) + "|")
+  for row in rows:
+    print("| " + " | ".join(_fmt(v) for v in row) + " |")
+  for note in notes:
+    print(f"\n{note}")
+  print(f"\n(after timing: {load_average()})", flush=True)
+
+
+def _fmt(v) -> str:
+  if isinstance(v, float):
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:,.0f}"
+  return str(v)
+
+
+# --- the JAX side ----------------------------------------------------------------------------
+
+
+def reactnet(width: float, bn_axis_name: Optional[str] = None):
+  """The library's ReActNet-18 (BatchNorm, binary weights and activations) for CIFAR-10."""
+  return models.get_model("reactnet18", num_classes=10, width=width, bn_axis_name=bn_axis_name)
+
+
+def init_state(model, tx: optax.GradientTransformation) -> train_lib.TrainState:
+  """``train_lib.create_state`` with seed 0 (it compiles ``model.init``: call it once)."""
+  return train_lib.create_state(None, model, tx, jax.random.key(0))
+
+
+def fresh_copy(state: train_lib.TrainState,
+               tx: Optional[optax.GradientTransformation] = None) -> train_lib.TrainState:
+  """A copy of ``state`` in new buffers (a donating step deletes its input) at step 0,
+  with a new optimizer state (of ``tx`` if given)."""
+  tx = tx or state.tx
+  params = jax.tree.map(jnp.copy, state.params)
+  return state.replace(step=jnp.zeros_like(state.step), params=params,
+                       batch_stats=jax.tree.map(jnp.copy, state.batch_stats),
+                       opt_state=tx.init(params), tx=tx)
+
+
+def float_train_step(state: train_lib.TrainState, x: jax.Array, y: jax.Array, *,
+                     num_classes: int = 10, axis_name: Optional[str] = None):
+  """``train_lib.train_step`` without its data path: ``x`` is a ready float batch.
+
+  Same loss (softmax cross-entropy), BatchNorm in train mode, gradient, ``tx.update``
+  and ``optax.apply_updates``; with ``axis_name`` (under pmap) the gradients are
+  averaged over devices as there. Returns (state, loss).
+  """
+  def loss_fn(params):
+    logits, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
+                                      train=True, mutable=["batch_stats"])
+    return train_lib.cross_entropy(logits, y, num_classes).mean(), new_vars["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name:
+    grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state), loss
+
+
+def jit_float_step():
+  """``float_train_step`` jitted for one device, the state donated."""
+  return jax.jit(float_train_step, donate_argnums=(0,))
+
+
+def step_runner(step: Callable, state, *args) -> Callable[[int], None]:
+  """A runner for ``time_interleaved``: n calls of ``state, out = step(state, *args)``."""
+  box = [state]
+
+  def run(n: int) -> None:
+    s = box[0]
+    for _ in range(n):
+      s, out = step(s, *args)
+    jax.block_until_ready((s, out))
+    box[0] = s
+
+  return run
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def batch_sizes(text: str) -> list[int]:
+  return [int(b) for b in text.split(",")]
+
+
+def add_flags(parser, width: float = 0.25, steps: int = 5, repeats: int = 5) -> None:
+  """The flags every benchmark takes."""
+  parser.add_argument("--width", type=float, default=width,
+                      help="ReActNet-18 width multiplier (1 = the paper's 64-128-256-512).")
+  parser.add_argument("--steps", type=int, default=steps, help="steps per timed repeat")
+  parser.add_argument("--repeats", type=int, default=repeats,
+                      help="timed repeats per contender (alternating); the median is reported")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiles)")

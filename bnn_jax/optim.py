@@ -1,0 +1,436 @@
+"""Optax transforms for latent binary weights, parameter masks and the optimizer factory.
+
+Method 1 of the thesis (DESIGN 4.1) as two composable optax transforms that act on
+the latent (real-valued, pre-sign) binary weights:
+
+* ``w_regularization``: adds lambda * dR/dw of the W-shaped regularizer
+  R(w) = ||w| - t|^p / p, which pulls every weight toward +-t from both sides;
+* ``variant_cosine_momentum``: a velocity that pulls weights beyond +-t (the "tail",
+  which gets no task gradient through a clipped STE) back toward the band.
+
+Both are gradient-side terms, like ``optax.add_decayed_weights``: chain them before
+the base optimizer's scaling (``scale_by_adam`` / ``trace``) and the learning rate,
+so ``scale_by_learning_rate`` turns them into steps that move ``w`` toward +-t.
+
+Parameters are selected by name: latent binary weights are leaves called
+``binary_kernel`` (``binary_mask``), real-valued weights ``kernel``
+(``real_kernel_mask``), so any JAX model that follows the convention works.
+The output channel is the last axis of every kernel (conv HWIO, dense (in, out)).
+
+This module imports no Flax.
+
+>>> import jax.numpy as jnp, optax
+>>> params = {"conv": {"binary_kernel": jnp.array([[-1.5, 0.5]])}, "head": {"kernel": jnp.ones((2,))}}
+>>> tx = optax.chain(w_regularization(1e-4), variant_cosine_momentum(1e-4), optax.adam(1e-3))
+>>> state = tx.init(params)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+BINARY_KERNEL = "binary_kernel"
+REAL_KERNEL = "kernel"
+MEAN_ABS = "mean_abs"
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+Target = Union[float, str]
+Mask = Union[str, Any, Callable[[Any], Any], None]
+
+
+# --- masks ------------------------------------------------------------------------
+
+
+def _leaf_name(path) -> str:
+  """Name of the last key of a tree path (dict key, attribute name or index)."""
+  if not path:
+    return ""
+  k = path[-1]
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def path_to_str(path) -> str:
+  """'block1/BinaryConv_0/binary_kernel' for a tree path of dict keys / attributes / indices."""
+  return "/".join(_leaf_name((k,)) for k in path)
+
+
+def _name_mask(params, name: str):
+  return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) == name, params)
+
+
+def binary_mask(params):
+  """Pytree of bools: True for the latent binary weights (leaves named ``binary_kernel``)."""
+  return _name_mask(params, BINARY_KERNEL)
+
+
+def real_kernel_mask(params):
+  """Pytree of bools: True for real-valued weights (leaves named ``kernel``).
+
+  Biases, BN scale/bias and latent binary kernels are False: this is the mask for
+  ordinary weight decay.
+  """
+  return _name_mask(params, REAL_KERNEL)
+
+
+# --- shared math ------------------------------------------------------------------
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_target(target: Target) -> None:
+  if isinstance(target, str) and target != MEAN_ABS:
+    raise ValueError(f"target must be a float or {MEAN_ABS!r}, got {target!r}.")
+
+
+def target_magnitude(w: jax.Array, target: Target = 1.0) -> jax.Array:
+  """The target magnitude t for latent weights ``w``.
+
+  A float t is returned as is. ``"mean_abs"`` gives t = mean|w| per output channel
+  (over all axes but the last, kept for broadcasting; over the whole leaf for 0-d and
+  1-d leaves), under ``stop_gradient``: the binarizer's scale alpha = mean|W|.
+  """
+  _check_target(target)
+  if isinstance(target, str):
+    axes = tuple(range(w.ndim - 1)) if w.ndim > 1 else None
+    return jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
+  return target
+
+
+def _sign(w: jax.Array) -> jax.Array:
+  """sign with sign(0) = +1 (the library convention, DESIGN 3)."""
+  return jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype)
+
+
+def w_regularizer(w: jax.Array, power: int = 2, target: Target = 1.0) -> jax.Array:
+  """Elementwise W-shaped regularizer R(w) = ||w| - t|^p / p (sum it for the total)."""
+  t = target_magnitude(w, target)
+  return jnp.abs(jnp.abs(w) - t) ** power / power
+
+
+def w_regularizer_grad(w: jax.Array, power: int = 2, target: Target = 1.0) -> jax.Array:
+  """dR/dw = sign(w) * sign(|w| - t) * ||w| - t|^(p-1), with fixed subgradient choices.
+
+  * ``|w| = t``: 0 (sign(0) = 0 for the ``|w| - t`` factor: the minimum; for p = 2
+    this is the true derivative, for p = 1 the zero subgradient).
+  * ``w = 0``: sign(0) = +1 for the ``sign(w)`` factor, as everywhere in this
+    library, so dR/dw(0) = -t^(p-1): the regularizer pushes an exact zero toward
+    +t, the value it already binarizes to, instead of leaving it stuck on the
+    peak of the W (the symmetric subgradient 0 would).
+  """
+  d = jnp.abs(w) - target_magnitude(w, target)
+  # sign(d) * |d|^(p-1) is written branch-free so ``power`` may be a traced value
+  # (optax.inject_hyperparams turns numeric arguments into arrays).
+  return _sign(w) * jnp.sign(d) * jnp.abs(d) ** (power - 1)
+
+
+def cosine_ramp(d: jax.Array, width: float) -> jax.Array:
+  """m(d) = (1 - cos(pi * min(d, D) / D)) / 2 for d >= 0: 0 at d = 0, 1/2 at D/2, 1 from D on.
+
+  C1-smooth: m'(0) = m'(D) = 0, so weights at the band feel nothing.
+  """
+  return (1.0 - jnp.cos(math.pi * jnp.minimum(d, width) / width)) / 2.0
+
+
+def _value(strength: ScalarOrSchedule, count: jax.Array):
+  return strength(count) if callable(strength) else strength
+
+
+def _warn_if_nothing_selected(name: str, params) -> None:
+  if not jax.tree.leaves(params):
+    warnings.warn(f"{name}: the mask selects no parameters, so it does nothing (are the latent "
+                  f"binary weights named {BINARY_KERNEL!r}?).", stacklevel=3)
+
+
+def _need_params(name: str, params) -> None:
+  if params is None:
+    raise ValueError(f"{name} needs the current parameters: call "
+                     f"tx.update(updates, opt_state, params) (params is None).")
+
+
+def _maybe_masked(tx: optax.GradientTransformation, mask: Mask, name: str):
+  """``optax.masked(tx, mask)``; a string mask selects the leaves with that name."""
+  if mask is None:
+    return tx
+  if isinstance(mask, str):
+    leaf = mask
+    mask = lambda params: _name_mask(params, leaf)
+  elif isinstance(mask, (bool, jax.Array, np.ndarray)):
+    # optax.inject_hyperparams treats every callable argument as a schedule and
+    # replaces it by its value at the step count: a callable mask arrives here as a bool.
+    raise ValueError(
+        f"{name}: mask must be a leaf name, a callable or a pytree of bools, got {mask!r}. "
+        f"Under optax.inject_hyperparams pass a callable mask with static_args='mask', "
+        f"or a leaf name such as mask='binary_kernel'.")
+  return optax.masked(tx, mask)
+
+
+# --- W-regularizer -------------------------------------------------------------------
+
+
+class WRegularizationState(NamedTuple):
+  """State of ``w_regularization``: the step count (for a strength schedule)."""
+  count: jax.Array
+
+
+def w_regularization(strength: ScalarOrSchedule, power: int = 2, target: Target = 1.0,
+                     mask: Mask = BINARY_KERNEL) -> optax.GradientTransformation:
+  r"""Adds lambda * dR/dw of the W-shaped regularizer to the updates of masked weights.
+
+  R(w) = ||w| - t|^p / p,  p in {1, 2}
+  dR/dw = sign(w) * sign(|w| - t) * ||w| - t|^(p-1)   (see ``w_regularizer_grad``
+  for the subgradients at w = 0, sign(0) = +1, and at |w| = t, 0)
+
+  Unlike L1/L2 decay, which pulls toward 0, the gradient pulls every weight toward
+  +-t from both sides: inside the band (|w| < t) outward, outside it inward.
+  Like ``optax.add_decayed_weights`` it adds to the gradient, so chain it before the
+  optimizer's scaling and the learning rate.
+
+  Source: the "W-shaped" regularizer of ProxQuant (Bai, Wang & Liberty, ICLR 2019)
+  and BNN+ (Darabi et al., 2018); our concrete form is DESIGN 4.1.
+
+  Args:
+    strength: lambda, a float or an optax schedule of the step count (e.g. a ramp
+      ``optax.linear_schedule(0., 1e-4, 1000)``); the count starts at 0 on the first update.
+    power: p, 1 or 2.
+    target: t, a float, or ``"mean_abs"`` for mean|w| per output channel (last axis),
+      under stop_gradient.
+    mask: which leaves, via ``optax.masked``: a leaf name (default ``"binary_kernel"``,
+      the same selection as ``binary_mask``), a callable params -> pytree of bools,
+      a pytree of bools, or None for every leaf. A name is safest under
+      ``optax.inject_hyperparams``, which treats callables as schedules (pass a
+      callable mask there with ``static_args="mask"``).
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+
+  >>> import jax.numpy as jnp
+  >>> tx = w_regularization(1.0, power=2, target=1.0, mask=None)
+  >>> w = jnp.array([-1.5, -0.5, 0.0, 0.5, 1.0, 2.0])
+  >>> tx.update(jnp.zeros(6), tx.init(w), w)[0]
+  Array([-0.5,  0.5, -1. , -0.5,  0. ,  1. ], dtype=float32)
+  """
+  if _is_concrete(power) and power not in (1, 2):
+    raise ValueError(f"w_regularization: power must be 1 or 2, got {power!r}.")
+  _check_target(target)
+
+  def init_fn(params):
+    _warn_if_nothing_selected("w_regularization", params)
+    return WRegularizationState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    _need_params("w_regularization", params)
+    lam = _value(strength, state.count)
+    updates = jax.tree.map(
+        lambda g, w: g + (lam * w_regularizer_grad(w, power, target)).astype(g.dtype),
+        updates, params)
+    return updates, WRegularizationState(count=optax.safe_int32_increment(state.count))
+
+  return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask,
+                       "w_regularization")
+
+
+# --- variant cosine momentum -------------------------------------------------------------
+
+
+class VariantCosineMomentumState(NamedTuple):
+  """State of ``variant_cosine_momentum``: step count and one velocity per masked leaf."""
+  count: jax.Array
+  velocity: Any
+
+
+def variant_cosine_momentum(strength: ScalarOrSchedule, decay: float = 0.9, width: float = 0.5,
+                            target: Target = 1.0,
+                            mask: Mask = BINARY_KERNEL) -> optax.GradientTransformation:
+  r"""Adds kappa * v, a velocity pulling tail weights (|w| > t) back toward +-t.
+
+  d = max(|w| - t, 0)
+  m(d) = (1 - cos(pi * min(d, D) / D)) / 2        (0 at the band, 1 beyond D; C1-smooth)
+  v <- mu * v + m(d) * sign(w)
+  updates <- updates + kappa * v
+
+  The term is added to the gradient (optax sign convention), so after
+  ``scale_by_learning_rate`` (-lr) a weight beyond +t moves down and one beyond -t
+  moves up: |w| decreases. Weights with a clipped STE get no task gradient beyond
+  the clip, so without this they never come back; weights far out return fast,
+  weights at the band feel nothing. This is the project's own definition (DESIGN 4.1),
+  a momentum variant with a cosine ramp. sign(w) only matters where |w| > t >= 0, so
+  the sign(0) convention does not arise.
+
+  Args:
+    strength: kappa, a float or an optax schedule of the step count.
+    decay: mu, the velocity decay.
+    width: D > 0, the distance beyond t at which the pull saturates.
+    target: t, a float or ``"mean_abs"`` (mean|w| per output channel, stop_gradient).
+    mask: as in ``w_regularization`` (default ``"binary_kernel"``).
+
+  Returns:
+    An ``optax.GradientTransformation`` with ``VariantCosineMomentumState(count, velocity)``
+    (under ``optax.masked``); its ``update`` needs ``params``.
+  """
+  if _is_concrete(width) and not width > 0:
+    raise ValueError(f"variant_cosine_momentum: width must be > 0, got {width!r}.")
+  _check_target(target)
+
+  def init_fn(params):
+    _warn_if_nothing_selected("variant_cosine_momentum", params)
+    return VariantCosineMomentumState(count=jnp.zeros([], jnp.int32),
+                                      velocity=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(updates, state, params=None):
+    _need_params("variant_cosine_momentum", params)
+
+    def new_velocity(v, w):
+      d = jnp.maximum(jnp.abs(w) - target_magnitude(w, target), 0.0)
+      return (decay * v + cosine_ramp(d, width) * _sign(w)).astype(v.dtype)
+
+    velocity = jax.tree.map(new_velocity, state.velocity, params)
+    kappa = _value(strength, state.count)
+    updates = jax.tree.map(lambda g, v: g + (kappa * v).astype(g.dtype), updates, velocity)
+    return updates, VariantCosineMomentumState(
+        count=optax.safe_int32_increment(state.count), velocity=velocity)
+
+  return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask,
+                       "variant_cosine_momentum")
+
+
+# --- optimizer from a config ------------------------------------------------------------
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+  """The ``config.optim`` section with defaults (provisional: benchmarks decide them).
+
+  ``w_reg.target`` and ``cosine_momentum.target`` accept a float or ``"mean_abs"``
+  (also from the command line: ``--config.optim.w_reg.target=mean_abs``).
+  """
+  o = ml_collections.ConfigDict()
+  o.name = "adam"                   # adam | adamw | sgd
+  o.lr = 1e-3                       # peak learning rate
+  o.schedule = "cosine"             # cosine | linear | constant; decays to 0 at the end
+  o.warmup_epochs = 0.0             # linear warmup from 0; 0 = none
+  o.momentum = 0.9                  # sgd
+  o.nesterov = True                 # sgd
+  o.b1 = 0.9                        # adam / adamw
+  o.b2 = 0.999                      # adam / adamw
+  o.weight_decay = 0.0              # real `kernel` leaves only; decoupled for adamw, L2 otherwise
+  o.binary_weight_decay = 0.0       # plain L2 on latent `binary_kernel` (the classic baseline)
+  o.agc_clip = 0.0                  # adaptive gradient clipping (BN-free: 0.02-0.04); 0 = off
+
+  o.w_reg = ml_collections.ConfigDict()
+  o.w_reg.enabled = False
+  o.w_reg.strength = 1e-4           # lambda (provisional)
+  o.w_reg.power = 2                 # p in {1, 2}
+  o.w_reg.target = ml_collections.FieldReference(1.0, field_type=object)  # float | "mean_abs"
+  o.w_reg.ramp_epochs = 0.0         # linear ramp 0 -> strength over these epochs; 0 = constant
+
+  o.cosine_momentum = ml_collections.ConfigDict()
+  o.cosine_momentum.enabled = False
+  o.cosine_momentum.strength = 1e-4  # kappa (provisional)
+  o.cosine_momentum.decay = 0.9      # mu
+  o.cosine_momentum.width = 0.5      # D
+  o.cosine_momentum.target = ml_collections.FieldReference(1.0, field_type=object)
+  return o
+
+
+def _check_name(kind: str, name: str, valid: tuple[str, ...]) -> None:
+  if name not in valid:
+    raise ValueError(f"Unknown {kind} {name!r}; valid names: {', '.join(valid)}.")
+
+
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict, num_epochs: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """Step -> learning rate: linear warmup 0 -> lr, then cosine/linear decay to 0 (or constant)."""
+  o = optim_config
+  _check_name("optim.schedule", o.schedule, SCHEDULES)
+  total = int(num_epochs * steps_per_epoch)
+  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+  if steps_per_epoch <= 0 or total <= 0:
+    raise ValueError(f"steps_per_epoch ({steps_per_epoch}) and num_epochs ({num_epochs}) "
+                     f"must be positive.")
+  if warmup >= total:
+    raise ValueError(f"optim.warmup_epochs ({o.warmup_epochs}) must be shorter than "
+                     f"num_epochs ({num_epochs}).")
+  rest = total - warmup
+  main = {"cosine": lambda: optax.cosine_decay_schedule(o.lr, rest),
+          "linear": lambda: optax.linear_schedule(o.lr, 0.0, rest),
+          "constant": lambda: optax.constant_schedule(o.lr)}[o.schedule]()
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), main], [warmup])
+
+
+def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer described by ``config.optim`` (and ``config.num_epochs``).
+
+  Chain, in order:
+    1. ``optax.adaptive_grad_clip(agc_clip)`` if agc_clip > 0 -- first, so it clips
+       only the task gradient, never the regularizer terms added next;
+    2. gradient-side terms, each added to the gradient: ``w_regularization``
+       (strength ramped linearly from 0 over ``w_reg.ramp_epochs``),
+       ``variant_cosine_momentum``, L2 ``binary_weight_decay`` on ``binary_kernel``,
+       and for adam/sgd L2 ``weight_decay`` on real ``kernel`` leaves;
+    3. the optax alias: ``optax.adam``, ``optax.adamw`` (its decoupled decay, scaled
+       by the learning rate as in AdamW, on real ``kernel`` leaves only) or
+       ``optax.sgd`` (momentum, nesterov) -- the base scaling then the learning rate.
+  Weight decay never touches ``binary_kernel`` (that is ``binary_weight_decay``).
+
+  Returns:
+    ``(tx, lr_schedule)``: the ``optax.GradientTransformation`` and the learning-rate
+    schedule (step -> lr) it uses, for logging.
+
+  The same chain by hand, in a user's own code (any params tree whose latent binary
+  weights are named ``binary_kernel``):
+
+  >>> import optax
+  >>> from bnn_jax import optim
+  >>> lr = optax.cosine_decay_schedule(1e-3, decay_steps=10_000)
+  >>> tx = optax.chain(
+  ...     optax.adaptive_grad_clip(0.02),
+  ...     optim.w_regularization(optax.linear_schedule(0.0, 1e-4, 1_000), power=2),
+  ...     optim.variant_cosine_momentum(1e-4, decay=0.9, width=0.5),
+  ...     optax.adamw(lr, weight_decay=1e-4, mask=optim.real_kernel_mask))
+  """
+  o = config.optim
+  _check_name("optim.name", o.name, OPTIMIZERS)
+  lr = learning_rate_schedule(o, config.num_epochs, steps_per_epoch)
+
+  parts = []
+  if o.agc_clip > 0:
+    parts.append(optax.adaptive_grad_clip(o.agc_clip))
+  if o.w_reg.enabled:
+    ramp = int(round(o.w_reg.ramp_epochs * steps_per_epoch))
+    strength = optax.linear_schedule(0.0, o.w_reg.strength, ramp) if ramp > 0 else o.w_reg.strength
+    parts.append(w_regularization(strength, power=o.w_reg.power, target=o.w_reg.target))
+  if o.cosine_momentum.enabled:
+    c = o.cosine_momentum
+    parts.append(variant_cosine_momentum(c.strength, decay=c.decay, width=c.width,
+                                         target=c.target))
+  if o.binary_weight_decay > 0:
+    parts.append(optax.add_decayed_weights(o.binary_weight_decay, mask=binary_mask))
+  if o.weight_decay > 0 and o.name != "adamw":
+    parts.append(optax.add_decayed_weights(o.weight_decay, mask=real_kernel_mask))
+
+  if o.name == "adam":
+    parts.append(optax.adam(lr, b1=o.b1, b2=o.b2))
+  elif o.name == "adamw":
+    parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                             mask=real_kernel_mask))
+  else:
+    parts.append(optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+  return optax.chain(*parts), lr

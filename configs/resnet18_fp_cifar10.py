@@ -1,0 +1,24 @@
+"""Full-precision ResNet-18 on CIFAR-10: the reference and the method-3 teacher.
+
+SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4, cosine to 0, 200 epochs, batch 128
+(~95% expected). Option "cifar100" for CIFAR-100.
+
+  python train.py --config configs/resnet18_fp_cifar10.py --workdir runs/r18_fp
+"""
+
+from bnn_jax.config import base_config, lock
+
+
+def get_config(options: str = ""):
+  c = base_config()
+  c.model.name = "resnet18_fp"
+  c.data.dataset = "cifar100" if options == "cifar100" else "cifar10"
+  c.batch_size = 128
+  c.num_epochs = 200
+  c.optim.name = "sgd"
+  c.optim.lr = 0.1
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.schedule = "cosine"
+  c.optim.weight_decay = 5e-4
+  return lock(c)

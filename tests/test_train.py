@@ -1,0 +1,198 @@
+"""The trainer end to end on the real CIFAR-10 (small slices, small widths)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from bnn_jax import checkpoints, train_lib
+from bnn_jax.config import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING_KEYS = ("images_per_sec", "epoch_seconds")
+
+
+def tiny_config(cifar10_path, **overrides):
+  """A width-0.125 ReActNet-18 on 512 images: 8 steps of 64 per epoch."""
+  c = base_config()
+  c.model.width = 0.125
+  c.data.path = cifar10_path
+  c.data.train_subset = 512
+  c.data.test_subset = 256
+  c.batch_size = 64
+  c.num_epochs = 2
+  c.optim.lr = 2e-3
+  c.progress_bar = False
+  c.log_every_steps = 4
+  for key, value in overrides.items():
+    section = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      section = section[p]
+    section[leaf] = value
+  return c
+
+
+def final_params(workdir):
+  return jax.tree.map(np.asarray, checkpoints.load_run(workdir).params)
+
+
+def comparable(history):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+
+
+def assert_trees_close(a, b, **tol):
+  chex_like = jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  assert chex_like, "parameter trees differ in structure"
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, **tol)
+
+
+def run_train_py(args, env=None, **kwargs):
+  env = {**os.environ, **(env or {})}
+  return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          **kwargs)
+
+
+def test_learns_on_real_cifar10(cifar10_path, tmp_path):
+  """5,000 training images, 4 epochs; test on 2,000 held-out test images.
+
+  Chance is 10%; a classifier at chance scores above 15% on 2,000 images with
+  probability < 1e-12 (binomial, sd 0.67%), so the 25% bar cannot pass by luck.
+  """
+  config = tiny_config(cifar10_path, **{"data.train_subset": 5000, "data.test_subset": 2000,
+                                        "batch_size": 100, "num_epochs": 4, "model.width": 0.25})
+  record = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert record["test/accuracy"] > 0.25, record
+  history = checkpoints.read_metrics(str(tmp_path))
+  assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+  assert history[-1]["train/loss"] < history[0]["train/loss"]
+  # the weight statistics are logged every epoch, overall and per binary layer
+  assert 0.0 <= history[-1]["weights/overall/flip_ratio"] <= 1.0
+  assert "weights/overall/flip_ratio" not in history[0]  # no previous epoch to compare with
+  assert any(k.startswith("weights/stage4_block4") for k in history[-1])
+  written = json.load(open(tmp_path / "config.json"))
+  assert written["model"]["num_classes"] == 10 and written["data"]["train_subset"] == 5000
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+
+
+def test_two_devices_equal_one_device(cifar10_path, tmp_path):
+  """Same global batch over 1 and 2 devices (synchronized BN): same parameters after 8 steps."""
+  assert jax.local_device_count() == 2
+  one = tiny_config(cifar10_path, num_devices=1, num_epochs=1)
+  two = tiny_config(cifar10_path, num_devices=2, num_epochs=1)
+  r1 = train_lib.train_and_evaluate(one, str(tmp_path / "one"))
+  r2 = train_lib.train_and_evaluate(two, str(tmp_path / "two"))
+  assert_trees_close(final_params(tmp_path / "one"), final_params(tmp_path / "two"),
+                     rtol=2e-4, atol=2e-5)
+  assert abs(r1["train/loss"] - r2["train/loss"]) < 1e-4
+  assert abs(r1["test/accuracy"] - r2["test/accuracy"]) <= 1 / 256  # at most one borderline image
+
+
+def test_killed_run_resumes_to_the_same_result(cifar10_path, tmp_path):
+  """SIGKILL after epoch 1's checkpoint, rerun: same params and metrics as an uninterrupted run."""
+  config = tiny_config(cifar10_path, num_epochs=3)
+  train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  workdir = str(tmp_path / "killed")
+  args = ["--config", os.path.join(REPO, "configs", "quick_cpu.py"), "--workdir", workdir,
+          f"--config.data.path={cifar10_path}", "--config.model.width=0.125",
+          "--config.data.train_subset=512", "--config.data.test_subset=256",
+          "--config.batch_size=64", "--config.num_epochs=3", "--config.optim.lr=0.002",
+          "--config.progress_bar=False", "--config.log_every_steps=4"]
+  proc = run_train_py(args)
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", "8")):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, "no epoch-1 checkpoint after 300 s"
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())[-1] < 24
+
+  train_lib.train_and_evaluate(config, workdir)  # the rerun resumes
+  assert_trees_close(final_params(tmp_path / "straight"), final_params(workdir), rtol=1e-6, atol=1e-7)
+  assert comparable(checkpoints.read_metrics(workdir)) == pytest.approx(
+      comparable(checkpoints.read_metrics(str(tmp_path / "straight"))), rel=1e-5)
+
+
+def test_sigterm_saves_mid_epoch_and_resumes_exactly(cifar10_path, tmp_path):
+  config = tiny_config(cifar10_path, num_epochs=2, **{"data.train_subset": 1024})
+  straight = train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  workdir = str(tmp_path / "stopped")
+  args = ["--config", os.path.join(REPO, "configs", "quick_cpu.py"), "--workdir", workdir,
+          f"--config.data.path={cifar10_path}", "--config.model.width=0.125",
+          "--config.data.train_subset=1024", "--config.data.test_subset=256",
+          "--config.batch_size=64", "--config.num_epochs=2", "--config.optim.lr=0.002",
+          "--config.progress_bar=False", "--config.log_every_steps=1"]
+  proc = run_train_py(args)
+  # wait for the first logged step of epoch 2 in TensorBoard-independent form: epoch 1's checkpoint
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", "16")):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline
+    time.sleep(0.1)
+  time.sleep(1.0)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert "SIGTERM received" in out
+  resumed = train_lib.train_and_evaluate(config, workdir)
+  assert_trees_close(final_params(tmp_path / "straight"), final_params(workdir), rtol=1e-6, atol=1e-7)
+  assert resumed["test/accuracy"] == pytest.approx(straight["test/accuracy"])
+  assert resumed["train/loss"] == pytest.approx(straight["train/loss"], rel=1e-5)
+  assert steps[-1] >= 16
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def test_unknown_config_key_on_the_command_line_is_named(tmp_path):
+  proc = run_train_py(["--config", "configs/quick_cpu.py", "--workdir", str(tmp_path),
+                       "--config.optim.lrr=0.1"])
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert "bad command line" in out and "lrr" in out and 'Did you mean "lr"' in out
+  assert "Traceback" not in out
+
+
+def test_unknown_config_key_in_code_is_named(cifar10_path, tmp_path):
+  config = tiny_config(cifar10_path)
+  config.unlock()
+  config.optim.learning_rate = 0.1
+  with pytest.raises(ValueError, match=r"Unknown config key\(s\): 'optim.learning_rate'"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+def test_indivisible_batch_is_a_clear_error(cifar10_path, tmp_path):
+  config = tiny_config(cifar10_path, batch_size=63)
+  with pytest.raises(ValueError, match=r"batch_size=63 does not divide over 2 devices.*multiple of 2"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+  config = tiny_config(str(tmp_path / "nowhere" / "cifar-10-binary.tar.gz"))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_truncated_checkpoint_is_a_clear_error(cifar10_path, tmp_path):
+  config = tiny_config(cifar10_path, num_epochs=1)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  step_dir = tmp_path / "checkpoints" / "8" / "state"
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:  # truncate the largest data file to half
+    f.truncate(os.path.getsize(biggest) // 2)
+  config.num_epochs = 2
+  with pytest.raises(checkpoints.CheckpointError, match=r"step 8 .* damaged.*rm -r"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
