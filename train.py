@@ -27,7 +27,15 @@ def parse_flags(argv):
              f"Config keys are the fields of the --config file (see bnn_jax/config.py).")
 
 
+class _QuietLibraries:
+  """absl-logging filter: keeps orbax's per-save INFO chatter out of the training log."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     sys.exit(f"train.py: unexpected arguments {argv[1:]}; flags look like --config.optim.lr=1e-3.")
   if _WORKDIR.value is None or flags.FLAGS["config"].value is None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import common
 import torch_reactnet
+from bnn_jax import train_lib
 
 
 def torch_runner(model, opt, x, y):
@@ -39,16 +40,32 @@ def torch_runner(model, opt, x, y):
   return run
 
 
-def check_same_function(model, state, torch_model, batch: int = 16) -> float:
-  """Max |logits_jax - logits_torch| of one train-mode forward pass with the same weights."""
+def check_same_function(model, state, torch_model, batch: int = 16) -> tuple[float, float]:
+  """Loads the JAX weights into ``torch_model``; compares one train-mode forward and backward.
+
+  Returns (max |logits_jax - logits_torch|, max over parameters of
+  ||grad_jax - grad_torch|| / ||grad_torch||) for the mean cross-entropy on one random batch.
+  """
   torch_reactnet.load_flax_params(torch_model, state.params)
-  x = np.random.RandomState(0).randn(batch, 32, 32, 3).astype(np.float32)
-  logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-      {"params": state.params, "batch_stats": state.batch_stats}, x)
+  rng = np.random.RandomState(0)
+  x = rng.randn(batch, 32, 32, 3).astype(np.float32)
+  y = rng.randint(0, 10, batch).astype(np.int32)
+
+  def loss_fn(params):
+    logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                            train=True, mutable=["batch_stats"])
+    return train_lib.cross_entropy(logits, y, 10).mean(), logits
+
+  (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
   torch_model.train()
-  with torch.no_grad():
-    expected = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
-  return float(np.abs(np.asarray(logits) - expected).max())
+  torch_model.zero_grad(set_to_none=True)
+  out = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+  F.cross_entropy(out, torch.from_numpy(y).long()).backward()
+  logits_diff = float(np.abs(np.asarray(logits) - out.detach().numpy()).max())
+  grad_diff = max(float((param.grad - g).norm() / (param.grad.norm() + 1e-12))
+                  for param, g in torch_reactnet.flax_pairs(torch_model, grads))
+  torch_model.zero_grad(set_to_none=True)
+  return logits_diff, grad_diff
 
 
 def main():
@@ -70,8 +87,9 @@ def main():
   n_jax = common.count_params(template.params)
   n_torch = torch_reactnet.num_params(torch_model)
   assert n_jax == n_torch, f"parameter counts differ: jax {n_jax}, torch {n_torch}"
-  diff = check_same_function(model, template, torch_model)
-  assert diff < 1e-3, f"the two models compute different logits (max diff {diff})"
+  logits_diff, grad_diff = check_same_function(model, template, torch_model)
+  assert logits_diff < 1e-3, f"the two models compute different logits (max diff {logits_diff})"
+  assert grad_diff < 1e-3, f"the two models compute different gradients (rel. diff {grad_diff})"
 
   step = common.jit_float_step()
   rows, spreads = [], []
@@ -104,7 +122,8 @@ def main():
              f"{torch.get_num_threads()} threads. img/s: median of {args.repeats} alternating "
              f"repeats of {args.steps} steps after {args.warmup} warm-up steps; best: the "
              f"fastest repeat. Logits of the two models with the same weights agree to "
-             f"{diff:.1e}.",
+             f"{logits_diff:.1e}, the loss gradients (relative, worst parameter) to "
+             f"{grad_diff:.1e}.",
              "Range over repeats, ms/step: " + " | ".join(spreads) + "."))
 
 

@@ -136,29 +136,46 @@ def num_params(model: nn.Module) -> int:
   return sum(p.numel() for p in model.parameters())
 
 
-def load_flax_params(model: ReActNet18, params) -> None:
-  """Copies the Flax ``ReActNet18`` parameters into ``model`` (for the equivalence check)."""
+def flax_pairs(model: ReActNet18, tree) -> list[tuple[nn.Parameter, torch.Tensor]]:
+  """(torch parameter, the Flax leaf in its layout) for every parameter of ``model``.
+
+  ``tree`` is the Flax ``params`` of ``bnn_jax.models.ReActNet18`` or anything of the
+  same structure (its gradient). Kernels HWIO -> OIHW, Dense (in, out) -> (out, in),
+  per-channel biases -> (1, C, 1, 1). Every torch parameter is covered exactly once.
+  """
   t = lambda a: torch.from_numpy(np.array(a, np.float32))
-  conv = lambda k: t(k).permute(3, 2, 0, 1)  # HWIO -> OIHW
+  conv = lambda k: t(k).permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
   channel = lambda v: t(v).reshape(1, -1, 1, 1)
 
-  def bn(module: nn.BatchNorm2d, p):
-    module.weight.data, module.bias.data = t(p["scale"]), t(p["bias"])
+  pairs = [(model.stem[0].weight, conv(tree["stem_conv"]["kernel"])),
+           (model.stem[1].weight, t(tree["stem_bn"]["scale"])),
+           (model.stem[1].bias, t(tree["stem_bn"]["bias"]))]
+  names = sorted((k for k in tree if k.startswith("stage")),
+                 key=lambda k: (int(k[5]), int(k[12:])))  # stage{s}_block{b}
+  for block, name in zip(model.blocks, names, strict=True):
+    p = tree[name]
+    pairs += [(block.rsign.bias, channel(p["rsign"]["threshold"]["bias"])),
+              (block.conv.weight, conv(p["binary_conv"]["binary_kernel"])),
+              (block.bn.weight, t(p["bn"]["scale"])), (block.bn.bias, t(p["bn"]["bias"]))]
+    if "shortcut_conv" in p:
+      pairs += [(block.shortcut[1].weight, conv(p["shortcut_conv"]["kernel"])),
+                (block.shortcut[2].weight, t(p["shortcut_bn"]["scale"])),
+                (block.shortcut[2].bias, t(p["shortcut_bn"]["bias"]))]
+    pairs += [(block.rprelu.shift_in, channel(p["rprelu"]["shift_in"]["bias"])),
+              (block.rprelu.prelu.weight, t(p["rprelu"]["slope"])),
+              (block.rprelu.shift_out, channel(p["rprelu"]["shift_out"]["bias"]))]
+  pairs += [(model.head.weight, t(tree["head"]["kernel"]).T.contiguous()),
+            (model.head.bias, t(tree["head"]["bias"]))]
+  covered = {id(p) for p, _ in pairs}
+  assert len(covered) == len(pairs) == len(list(model.parameters())), "parameter mapping"
+  assert covered == {id(p) for p in model.parameters()}, "parameter mapping"
+  for param, value in pairs:
+    assert param.shape == value.shape, (tuple(param.shape), tuple(value.shape))
+  return pairs
 
+
+def load_flax_params(model: ReActNet18, params) -> None:
+  """Copies the Flax ``ReActNet18`` parameters into ``model``."""
   with torch.no_grad():
-    model.stem[0].weight.data = conv(params["stem_conv"]["kernel"])
-    bn(model.stem[1], params["stem_bn"])
-    names = sorted((k for k in params if k.startswith("stage")), key=lambda k: (k[5], int(k[12:])))
-    for block, name in zip(model.blocks, names, strict=True):
-      p = params[name]
-      block.rsign.bias.data = channel(p["rsign"]["threshold"]["bias"])
-      block.conv.weight.data = conv(p["binary_conv"]["binary_kernel"])
-      bn(block.bn, p["bn"])
-      if "shortcut_conv" in p:
-        block.shortcut[1].weight.data = conv(p["shortcut_conv"]["kernel"])
-        bn(block.shortcut[2], p["shortcut_bn"])
-      block.rprelu.shift_in.data = channel(p["rprelu"]["shift_in"]["bias"])
-      block.rprelu.prelu.weight.data = t(p["rprelu"]["slope"])
-      block.rprelu.shift_out.data = channel(p["rprelu"]["shift_out"]["bias"])
-    model.head.weight.data = t(params["head"]["kernel"]).T.contiguous()
-    model.head.bias.data = t(params["head"]["bias"])
+    for param, value in flax_pairs(model, params):
+      param.copy_(value.to(param.device))

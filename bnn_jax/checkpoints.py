@@ -80,11 +80,13 @@ class Checkpointer:
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax/tensorstore raise many kinds on damaged files
       step_dir = os.path.join(self.directory, str(step))
+      others = [s for s in self.all_steps() if s != step]
+      fallback = (f"to resume from an earlier checkpoint (steps {others})" if others
+                  else "to start this run over (it has no other checkpoint)")
       raise CheckpointError(
           f"The checkpoint at step {step} ({step_dir}) is damaged or incompatible and cannot be "
           f"restored: {type(e).__name__}: {str(e)[:300]}\nFix: delete that step directory "
-          f"(`rm -r {step_dir}`) to resume from the previous checkpoint "
-          f"(available: {self.all_steps()}), or start a fresh --workdir.") from e
+          f"(`rm -r {step_dir}`) {fallback}, or use a fresh --workdir.") from e
     return restored["state"], dict(restored["meta"])
 
   def close(self) -> None:

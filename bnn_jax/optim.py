@@ -344,6 +344,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.cosine_momentum.decay = 0.9      # mu
   o.cosine_momentum.width = 0.5      # D
   o.cosine_momentum.target = ml_collections.FieldReference(1.0, field_type=object)
+  o.cosine_momentum.ramp_epochs = 0.0  # linear ramp 0 -> strength over these epochs; 0 = constant
   return o
 
 
@@ -382,8 +383,8 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
     1. ``optax.adaptive_grad_clip(agc_clip)`` if agc_clip > 0 -- first, so it clips
        only the task gradient, never the regularizer terms added next;
     2. gradient-side terms, each added to the gradient: ``w_regularization``
-       (strength ramped linearly from 0 over ``w_reg.ramp_epochs``),
-       ``variant_cosine_momentum``, L2 ``binary_weight_decay`` on ``binary_kernel``,
+       and ``variant_cosine_momentum`` (each strength ramped linearly from 0 over its
+       ``ramp_epochs``), L2 ``binary_weight_decay`` on ``binary_kernel``,
        and for adam/sgd L2 ``weight_decay`` on real ``kernel`` leaves;
     3. the optax alias: ``optax.adam``, ``optax.adamw`` (its decoupled decay, scaled
        by the learning rate as in AdamW, on real ``kernel`` leaves only) or
@@ -413,14 +414,17 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   parts = []
   if o.agc_clip > 0:
     parts.append(optax.adaptive_grad_clip(o.agc_clip))
+  def ramped(strength, ramp_epochs):
+    ramp = int(round(ramp_epochs * steps_per_epoch))
+    return optax.linear_schedule(0.0, strength, ramp) if ramp > 0 else strength
+
   if o.w_reg.enabled:
-    ramp = int(round(o.w_reg.ramp_epochs * steps_per_epoch))
-    strength = optax.linear_schedule(0.0, o.w_reg.strength, ramp) if ramp > 0 else o.w_reg.strength
-    parts.append(w_regularization(strength, power=o.w_reg.power, target=o.w_reg.target))
+    parts.append(w_regularization(ramped(o.w_reg.strength, o.w_reg.ramp_epochs),
+                                  power=o.w_reg.power, target=o.w_reg.target))
   if o.cosine_momentum.enabled:
     c = o.cosine_momentum
-    parts.append(variant_cosine_momentum(c.strength, decay=c.decay, width=c.width,
-                                         target=c.target))
+    parts.append(variant_cosine_momentum(ramped(c.strength, c.ramp_epochs), decay=c.decay,
+                                         width=c.width, target=c.target))
   if o.binary_weight_decay > 0:
     parts.append(optax.add_decayed_weights(o.binary_weight_decay, mask=binary_mask))
   if o.weight_decay > 0 and o.name != "adamw":

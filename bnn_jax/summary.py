@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import types
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -312,3 +314,18 @@ def summary(model: Union[str, nn.Module], variables: Any = None,
     variables = {k: v for k, v in dict(variables).items()}
   calls = trace_modules(model, input_shape, variables)
   return ModelSummary(name, input_shape, _rows(calls, variables))
+
+
+class _CallableModule(types.ModuleType):
+  """``bnn_jax.summary(...)`` calls :func:`summary` even when the attribute is this module.
+
+  Importing the submodule ``bnn_jax.summary`` (``bnn_jax.deploy`` does) makes the
+  package attribute ``bnn_jax.summary`` the module, replacing the lazily exported
+  function; a callable module keeps ``bnn_jax.summary("reactnet18")`` working either way.
+  """
+
+  def __call__(self, *args, **kwargs) -> ModelSummary:
+    return summary(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -10,6 +10,8 @@ from bnn_jax.config import base_config, lock
 
 
 def get_config(options: str = ""):
+  if options not in ("", "cifar100"):
+    raise ValueError(f"Unknown option {options!r}; valid: cifar100.")
   c = base_config()
   c.model.name = "resnet18_fp"
   c.data.dataset = "cifar100" if options == "cifar100" else "cifar10"

@@ -30,6 +30,12 @@ ARMS = {
     "e_both": {"optim.w_reg.enabled": True, "optim.cosine_momentum.enabled": True},
     "f_bnfree_both": {"model.name": "reactnet18_bnfree", "optim.agc_clip": 0.02,
                       "optim.w_reg.enabled": True, "optim.cosine_momentum.enabled": True},
+    # Both transforms around the per-channel scale alpha = mean|w| instead of t = 1: at CIFAR
+    # init the latent weights are ~0.05-0.1, so with t = 1 no weight is in the tail early on.
+    "g_both_meanabs": {"optim.w_reg.enabled": True, "optim.w_reg.target": "mean_abs",
+                       "optim.cosine_momentum.enabled": True,
+                       "optim.cosine_momentum.target": "mean_abs",
+                       "optim.cosine_momentum.width": 0.05},
 }
 REPORTED = ("test/accuracy", "weights/overall/mean_dist", "weights/overall/tail_frac",
             "weights/overall/flip_ratio", "weights/overall/near_frac")
@@ -53,6 +59,7 @@ def make_config(args, arm, seed):
   c.num_epochs = args.epochs
   c.optim.lr = args.lr
   c.seed = seed
+  c.eval_every_epochs = args.epochs  # test once, at the end (the arms are compared there)
   c.progress_bar = False
   for key, value in ARMS[arm].items():
     set_path(c, key, value)
@@ -93,8 +100,8 @@ def main():
   parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
   parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
   parser.add_argument("--width", type=float, default=0.25)
-  parser.add_argument("--train-subset", type=int, default=10_000)
-  parser.add_argument("--epochs", type=int, default=6)
+  parser.add_argument("--train-subset", type=int, default=8_000)
+  parser.add_argument("--epochs", type=int, default=4)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--lr", type=float, default=2e-3)
   parser.add_argument("--set", nargs="*", default=[], help="extra overrides key=json_value")

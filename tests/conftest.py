@@ -21,3 +21,31 @@ def cifar10_path() -> str:
                 f"cifar-10-binary.tar.gz at <repo>/../shared/data/ or set BNN_JAX_CIFAR10 "
                 f"to its path.", pytrace=False)
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cifar10_path) -> str:
+  """Workdir of a real tiny training run, shared by the inspect and deploy tests.
+
+  ReActNet-18 at width 0.125 on 512 class-balanced CIFAR-10 training images (256 test
+  images), batch 64, 2 epochs: 8 steps per epoch, checkpoints at steps 8 and 16 (both
+  kept), config.json and two metrics.jsonl records. About 30-60 s on 2 CPU cores.
+  """
+  from bnn_jax import train_lib
+  from bnn_jax.config import base_config
+
+  c = base_config()
+  c.model.name = "reactnet18"
+  c.model.width = 0.125
+  c.data.path = cifar10_path
+  c.data.train_subset = 512
+  c.data.test_subset = 256
+  c.batch_size = 64
+  c.num_epochs = 2
+  c.optim.lr = 5e-3        # large enough that signs flip between the two checkpoints
+  c.checkpoint.keep = 5
+  c.progress_bar = False
+  c.log_every_steps = 8
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  train_lib.train_and_evaluate(c, workdir)
+  return workdir

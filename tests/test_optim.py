@@ -442,6 +442,17 @@ def test_build_optimizer_w_reg_ramp_and_agc():
     u, state = tx.update(zero, state, params)
     np.testing.assert_allclose(u["block1"]["BinaryConv_0"]["binary_kernel"],
                                -0.1 * min(k, 4) / 4 * 2.0, atol=1e-7)
+  # the cosine momentum strength ramps the same way: kappa_k = 0.1 * k / 4, v_k = 0.9 v_{k-1} + m(d)
+  c = _config(name="sgd", momentum=0.0, schedule="constant", lr=1.0,
+              **{"cosine_momentum.enabled": True, "cosine_momentum.strength": 0.1,
+                 "cosine_momentum.ramp_epochs": 0.4})
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)
+  state, v = tx.init(params), 0.0
+  for k in range(6):
+    u, state = tx.update(zero, state, params)
+    v = 0.9 * v + 1.0                                    # |w| - t = 2 > D = 0.5: m(d) = 1
+    np.testing.assert_allclose(u["block1"]["BinaryConv_0"]["binary_kernel"],
+                               -0.1 * min(k, 4) / 4 * v, rtol=1e-6, atol=1e-7)
   # AGC first: a huge task gradient is clipped to 0.01 * ||w|| per output unit.
   c = _config(name="sgd", momentum=0.0, schedule="constant", lr=1.0, agc_clip=0.01)
   big = jax.tree.map(lambda x: jnp.full_like(x, 1e3), params)

@@ -1,0 +1,79 @@
+"""Every config file loads, validates, and encodes the recipe its docstring states."""
+
+import importlib.util
+import os
+
+import pytest
+
+from bnn_jax import config as config_lib
+from bnn_jax import optim
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_FILES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f != "__init__.py")
+REACTNET_OPTIONS = ("", "step1", "step2", "bnfree", "wreg", "cosmom", "method1", "cifar100",
+                    "bnfree,method1", "bnfree,method1,cifar100", "method1,cifar100")
+
+
+def load(name, options=None):
+  """As ml_collections.config_flags does: import the file by path, call get_config(options)."""
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIG_DIR, name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if options is None else module.get_config(options)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_validates_and_is_locked(name):
+  c = load(name)
+  config_lib.validate(c)
+  with pytest.raises(AttributeError):
+    c.optim.learning_rate = 1.0  # locked: a typo cannot add a field
+  tx, schedule = optim.build_optimizer(c, steps_per_epoch=10)
+  assert float(schedule(0)) == pytest.approx(c.optim.lr)  # no warmup in any shipped recipe
+
+
+@pytest.mark.parametrize("options", REACTNET_OPTIONS)
+def test_reactnet18_options(options):
+  c = load("reactnet18_cifar10.py", options)
+  config_lib.validate(c)
+  opts = set(options.split(","))
+  assert c.model.name == ("reactnet18_bnfree" if "bnfree" in opts else "reactnet18")
+  assert c.model.binarize_weights == ("step1" not in opts)
+  assert c.optim.w_reg.enabled == bool(opts & {"wreg", "method1"})
+  assert c.optim.cosine_momentum.enabled == bool(opts & {"cosmom", "method1"})
+  assert c.optim.agc_clip == (0.02 if "bnfree" in opts else 0.0)
+  assert c.data.dataset == ("cifar100" if "cifar100" in opts else "cifar10")
+
+
+def test_reactnet18_full_scale_recipe():
+  """The issue's recipe: Adam, lr 1e-3..2.5e-3 at batch 256, decay to 0, 256 epochs, no decay on latent weights."""
+  c = load("reactnet18_cifar10.py")
+  assert (c.optim.name, c.batch_size, c.num_epochs) == ("adam", 256, 256)
+  assert 1e-3 <= c.optim.lr <= 2.5e-3 and c.optim.schedule in ("cosine", "linear")
+  assert c.optim.binary_weight_decay == 0.0 and c.data.augment
+  _, schedule = optim.build_optimizer(c, steps_per_epoch=195)
+  assert float(schedule(256 * 195)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cifar100_wrappers_match_the_cifar10_files():
+  for c10, c100 in (("reactnet18_cifar10.py", "reactnet18_cifar100.py"),
+                    ("resnet18_fp_cifar10.py", "resnet18_fp_cifar100.py"),
+                    ("vgg_small_cifar10.py", "vgg_small_cifar100.py")):
+    a, b = load(c10, "cifar100"), load(c100)
+    assert b.data.dataset == "cifar100"
+    assert a.to_dict() == b.to_dict(), (c10, c100)
+
+
+@pytest.mark.parametrize("name,bad", [("reactnet18_cifar10.py", "methd1"),
+                                      ("vgg_small_cifar10.py", "bn"),
+                                      ("resnet18_fp_cifar10.py", "cifar1000")])
+def test_unknown_option_is_named(name, bad):
+  with pytest.raises(ValueError, match=bad):
+    load(name, bad)
+
+
+def test_fp_teacher_recipe():
+  c = load("resnet18_fp_cifar10.py")
+  assert (c.model.name, c.optim.name, c.optim.lr, c.optim.weight_decay) == ("resnet18_fp", "sgd", 0.1, 5e-4)
+  v = load("vgg_small_cifar10.py", "fp")
+  assert v.model.name == "vgg_small_fp" and v.optim.name == "sgd"
