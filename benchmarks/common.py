@@ -63,7 +63,9 @@ def time_interleaved(runners: dict[str, Callable[[int], None]], steps: int, repe
   """Seconds per step of each runner in every repeat, timed in alternating order.
 
   ``runners[name](n)`` runs n steps and returns only when they are finished
-  (``jax.block_until_ready``). Each runner first runs ``warmup`` steps (compiling);
+  (``jax.block_until_ready``). Each runner first runs ``warmup`` steps (compiling;
+  use 2 or more: with jax 0.10.2 a ``jax.pmap`` step fed the replicated initial state
+  compiles once more on its second call, fed its own output);
   then each repeat times ``steps`` steps of every runner, reversing the order on
   every other repeat so that neither side always runs right after the other.
   """
@@ -178,4 +180,6 @@ def add_flags(parser, width: float = 0.25, steps: int = 5, repeats: int = 5) -> 
   parser.add_argument("--steps", type=int, default=steps, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=repeats,
                       help="timed repeats per contender (alternating); the median is reported")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiles)")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps first (compiles; at least 2: a pmapped step "
+                           "compiles again on its second call)")

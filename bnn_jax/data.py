@@ -373,13 +373,25 @@ def augment(rng: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
   :func:`normalize`.
 
   Args:
-    rng: a PRNG key.
+    rng: a PRNG key (split into one key per image; see :func:`augment_each`).
     images: ``[B, H, W, C]``, any dtype (kept).
   Returns:
     Array of the same shape and dtype.
   """
   if images.ndim != 4:
     raise ValueError(f"augment expects a batch [B, H, W, C], got shape {images.shape}.")
+  return augment_each(jax.random.split(rng, images.shape[0]), images, pad)
+
+
+def augment_each(keys: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+  """:func:`augment` with one PRNG key per image (``keys[i]`` augments ``images[i]``).
+
+  The trainer derives ``keys[i]`` from (seed, step, dataset index of image i), so the
+  augmentation does not depend on how a global batch is split over devices.
+  """
+  if images.ndim != 4 or keys.shape[:1] != images.shape[:1]:
+    raise ValueError(f"augment_each expects images [B, H, W, C] and B keys, got shapes "
+                     f"{images.shape} and {keys.shape}.")
   _, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
@@ -389,7 +401,7 @@ def augment(rng: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     crop = jax.lax.dynamic_slice(image, (dy, dx, 0), (h, w, c))
     return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1], crop)
 
-  return jax.vmap(one)(jax.random.split(rng, images.shape[0]), padded)
+  return jax.vmap(one)(keys, padded)
 
 
 # ----------------------------------------------------------------------------

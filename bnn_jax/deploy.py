@@ -476,7 +476,14 @@ def pack(checkpoint_or_variables: Any, *, model: Optional[str] = None,
   kwargs = {**src.model_kwargs, **model_kwargs}
   flax_model = models.get_model(src.model_name, **kwargs)
   variables = jax.tree.map(np.asarray, src.variables)
-  calls = trace_modules(flax_model, (1,) + tuple(input_shape), variables)
+  try:
+    calls = trace_modules(flax_model, (1,) + tuple(input_shape), variables)
+  except Exception as e:  # flax's ScopeParamShapeError & co., from deep inside the model
+    raise ValueError(
+        f"The variables do not fit {src.model_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): "
+        f"{type(e).__name__}: {str(e).splitlines()[0][:300]} -- does it belong to this model "
+        f"(name, width, classes)? Pass model=, width=, num_classes= to match the checkpoint."
+    ) from None
   b = _Builder(variables["params"], variables.get("batch_stats", {}), calls)
   x = b.op("normalize", "input", mean=b.array("input/mean", src.normalization[0]),
            std=b.array("input/std", src.normalization[1]))

@@ -239,6 +239,9 @@ def plot_histograms(params: Any, path: str, target: float = 1.0, title: str = ""
                     bins: int = 100) -> int:
   """Writes a PNG grid of latent-weight histograms, one panel per binary layer.
 
+  Each panel spans +-1.1 max|w| of its layer, marks +-t (dashed) when in range and
+  prints mean|w| and the tail share |w| > t.
+
   Returns the number of panels. The PNG's ``Description`` text chunk records
   ``panels=N`` and the layer names.
   """
@@ -258,10 +261,17 @@ def plot_histograms(params: Any, path: str, target: float = 1.0, title: str = ""
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
   for ax, (name, w) in zip(axes.flat, layers.items()):
     w = w.ravel()
-    lim = max(1.5 * target, float(np.abs(w).max()) * 1.05)
+    # The x range fits the weights (early in training they sit far inside +-t); the band
+    # +-t is drawn when it is in range and named in the corner either way.
+    lim = max(float(np.abs(w).max()) * 1.1, 1e-6)
     ax.hist(w, bins=bins, range=(-lim, lim), color="tab:blue")
-    for x in (-target, target):
-      ax.axvline(x, color="tab:red", lw=0.8, ls="--")
+    if target <= lim:
+      for x in (-target, target):
+        ax.axvline(x, color="tab:red", lw=0.8, ls="--")
+    ax.text(0.02, 0.95, f"mean|w| {np.abs(w).mean():.3g}\n|w|>{target:g}: "
+            f"{100 * np.mean(np.abs(w) > target):.1f}%" +
+            ("" if target <= lim else f"\n(+-{target:g} off scale)"),
+            transform=ax.transAxes, fontsize=6, va="top")
     ax.set_title(name, fontsize=8)
     ax.tick_params(labelsize=7)
   for ax in list(axes.flat)[n:]:
@@ -318,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def report(args: argparse.Namespace, out=sys.stdout) -> None:
+def report(args: argparse.Namespace, out=None) -> None:
   run = load(args.run_dir, args.step)
   other = load_other(run, args.compare) if args.compare is not None else None
+  out = sys.stdout if out is None else out
   say = lambda lines: print("\n".join(lines), file=out, flush=True)
   epoch = run.meta.get("epoch")
   say([f"run: {run.workdir}",

@@ -97,10 +97,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, indices:
 
   Returns (state, metrics) with metrics averaged over devices.
   """
-  rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   x = images[indices]
-  if augment:
-    x = data.augment(rng, x)
+  if augment:  # one key per (step, dataset index): the same on any number of devices
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+    x = data.augment_each(keys, x)
   x = data.normalize(x, mean, std)
   y = labels[indices]
 
@@ -250,8 +250,9 @@ def load_init_from(path: str, state: TrainState) -> TrainState:
   ours = jax.tree_util.tree_structure(state.params)
   theirs = jax.tree_util.tree_structure(jax.tree.map(np.asarray, run.params))
   if ours != theirs:
-    raise ValueError(f"init_from={path}: its parameters do not match this model's "
-                     f"({config_lib.__name__}: same model.name and width needed).")
+    raise ValueError(f"init_from={path}: its parameters do not match this model's; use the "
+                     f"same model.name, model.width and dataset as that run "
+                     f"(see {os.path.join(path, checkpoints.CONFIG_FILE)}).")
   params = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), state.params, run.params)
   batch_stats = (jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), state.batch_stats,
                               run.batch_stats) if state.batch_stats else state.batch_stats)

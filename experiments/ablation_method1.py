@@ -116,7 +116,10 @@ def main():
         if rec and rec["epoch"] == args.epochs:
           continue
         t0 = time.time()
-        rec = train_lib.train_and_evaluate(make_config(args, arm, seed), workdir)
+        train_lib.train_and_evaluate(make_config(args, arm, seed), workdir)
+        rec = last_record(workdir)
+        if not rec or rec["epoch"] < args.epochs:  # stopped by SIGTERM / Ctrl-C: resume later
+          raise SystemExit(f"{arm} seed {seed} stopped early; rerun the same command to resume.")
         print(f"{arm} seed {seed}: test {rec.get('test/accuracy', float('nan')):.4f} "
               f"({time.time() - t0:.0f} s)", flush=True)
   text = table(args)

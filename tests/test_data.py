@@ -351,3 +351,16 @@ def test_tfds_missing_data_fails_fast_with_fixes(cifar10_path, tmp_path):
   assert checksum and "sha256 differs" in checksum[0], r.stdout + r.stderr[-3000:]
   assert f"--config.data.path={manual / 'cifar-10-binary.tar.gz'}" in checksum[0]
   assert elapsed < 30, f"TFDS error path took {elapsed:.1f} s"
+
+
+def test_augment_each_is_independent_of_how_the_batch_is_split():
+  """Per-image keys: augmenting two halves (two devices) equals augmenting the whole batch."""
+  images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), np.uint8))
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(7), jnp.arange(16))
+  whole = data.augment_each(keys, images)
+  halves = jnp.concatenate([data.augment_each(keys[:8], images[:8]),
+                            data.augment_each(keys[8:], images[8:])])
+  np.testing.assert_array_equal(whole, halves)
+  assert not np.array_equal(np.asarray(whole), np.asarray(images))  # it did augment
+  with pytest.raises(ValueError, match="B keys"):
+    data.augment_each(keys[:3], images)

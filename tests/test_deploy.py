@@ -5,7 +5,14 @@ statistics) and the packed model compute the same function in different float32
 orders: the packed integer dot products are exact, the float model sums alpha * (+-1)
 terms with rounding, and the folded scales/thresholds round differently. So
 
-* the predicted classes must be equal on all 1,000 real CIFAR-10 test images;
+* the predicted classes must be equal on the 1,000 real CIFAR-10 test images, except on
+  at most MAX_CLASS_MISMATCH (3) images, each with a near tie (below). One flipped sign
+  can move a logit by ~0.5-1.5, and where the top two logits are that close the class
+  changes: measured 1 image of 1,000 for the width-1 random init with the rbg key 0
+  (margin 1.6e-7; 0 of 1,000 with the threefry key 0) and 1 of 1,000 for the trained
+  tiny_run (margin 2.3e-7); at the latter a float64 evaluation of the float model sides
+  with the packed model. Exact class equality on every image is not something float32
+  folding can promise; see docs/DEPLOY.md;
 * logits agree to LOGIT_TOL (1e-4 absolute; typically ~3e-6 for logits of size ~1-10)
   on at least 1 - MAX_TIE_SHARE (95%) of the images;
 * every image beyond LOGIT_TOL must have a "near tie": some sign input within TIE_EPS
@@ -34,13 +41,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bnn_jax import data, deploy, packed
+from bnn_jax import checkpoints, data, deploy, packed
 from bnn_jax.models import get_model
 
 N_IMAGES = 1000
 LOGIT_TOL = 1e-4
 TIE_EPS = 1e-5
 MAX_TIE_SHARE = 0.05
+MAX_CLASS_MISMATCH = 3
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,10 +66,12 @@ def float_logits(model, variables, images, batch: int = 250) -> np.ndarray:
                          for i in range(0, len(images), batch)])
 
 
-def init(name: str, width: float, seed: int = 0):
-  model = get_model(name, width=width)
+def init(name: str, width: float, seed: int = 0, **kwargs):
+  """model.init with Flax's initializers. The "rbg" PRNG: compiling the initializers with
+  the default threefry keys takes ~20 s per model on 2 CPU cores, with rbg ~4 s."""
+  model = get_model(name, width=width, **kwargs)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+      jax.random.key(seed, impl="rbg"), jnp.zeros((1, 32, 32, 3)))
   return model, jax.tree.map(np.asarray, variables)
 
 
@@ -86,18 +96,24 @@ def perturb(variables, seed: int = 1):
   return jax.tree_util.tree_map_with_path(f, variables)
 
 
-def check_agreement(fl: np.ndarray, pk: np.ndarray, margins: np.ndarray) -> dict:
+def check_agreement(fl: np.ndarray, pk: np.ndarray, margins: np.ndarray,
+                    max_tie_mismatch: int = MAX_CLASS_MISMATCH) -> dict:
+  """Asserts the agreement described in the module docstring; returns the measured figures.
+
+  ``max_tie_mismatch``: how many images may get another class, each only at a near tie.
+  """
   diff = np.abs(fl - pk).max(axis=-1)
   over = diff > LOGIT_TOL
+  mismatch = np.flatnonzero(fl.argmax(-1) != pk.argmax(-1))
   stats = {"images": len(fl), "max_diff": float(diff.max()),
            "max_diff_within_tol_images": float(diff[~over].max(initial=0.0)),
            "images_over_tol": int(over.sum()),
            "max_margin_of_those": float(margins[over].max(initial=0.0)),
-           "logit_scale": float(np.abs(fl).max())}
+           "logit_scale": float(np.abs(fl).max()), "class_mismatches": mismatch.tolist()}
   print(stats)
-  mismatch = np.flatnonzero(fl.argmax(-1) != pk.argmax(-1))
-  assert mismatch.size == 0, (f"predicted classes differ on images {mismatch[:10]} "
-                              f"(margins {margins[mismatch[:10]]}); {stats}")
+  assert mismatch.size <= max_tie_mismatch and (margins[mismatch] < TIE_EPS).all(), (
+      f"predicted classes differ on images {mismatch[:10]} (margins {margins[mismatch[:10]]}); "
+      f"{stats}")
   assert over.mean() <= MAX_TIE_SHARE, stats
   unexplained = np.flatnonzero(over & (margins >= TIE_EPS))
   assert unexplained.size == 0, (f"images {unexplained[:10]} differ by {diff[unexplained[:10]]} "
@@ -132,6 +148,25 @@ def test_perturbed_models_equal_float(name, test_images):
   if name == "vgg_small_bnn":  # BN -> sign folded into thresholds, some flipped
     flips = np.concatenate([pm.arrays[op["flip"]] for op in pm.ops if op["op"] == "sign"])
     assert 0.2 < flips.mean() < 0.8
+  pk, margins = pm.logits_and_margins(images)
+  check_agreement(fl, pk, margins)
+
+
+def test_trained_reactnet18_equals_float(tiny_run, test_images):
+  """A trained checkpoint (the tiny_run fixture: width 0.125, 16 steps) through deploy.pack.
+
+  Trained BN statistics put some sign inputs within float32 rounding of their thresholds,
+  and this barely trained model has logit gaps of a few 1e-3, so one near tie can change
+  a class. Measured on this fixture: 1 of 1,000 images (image 102: margin 2.3e-7, top-2
+  logit gap 0.004), where the float64 evaluation of the float model agrees with the packed
+  model, not with the float32 one (docs/DEPLOY.md).
+  """
+  images, _ = test_images
+  run = checkpoints.load_run(tiny_run)
+  model = get_model("reactnet18", width=0.125)
+  fl = float_logits(model, {"params": run.params, "batch_stats": run.batch_stats}, images)
+  pm = deploy.pack(tiny_run)   # model, width and classes from the run's config.json
+  assert pm.meta["source"]["step"] == 16 and pm.meta["width"] == 0.125
   pk, margins = pm.logits_and_margins(images)
   check_agreement(fl, pk, margins)
 
@@ -340,7 +375,6 @@ def test_pack_refuses_what_it_cannot_pack():
   extra["params"]["stage1_block1"]["extra_gate"] = {"kernel": np.zeros((4, 4), np.float32)}
   with pytest.raises(ValueError, match="did not use 1 variable.*extra_gate"):
     deploy.pack(extra, model="reactnet18", width=0.125)
-  step1 = get_model("reactnet18", width=0.125, binarize_weights=False)
-  v1 = step1.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  _, v1 = init("reactnet18", 0.125, binarize_weights=False)
   with pytest.raises(ValueError, match="not binarized"):
     deploy.pack(v1, model="reactnet18", width=0.125, binarize_weights=False)

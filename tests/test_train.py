@@ -196,3 +196,20 @@ def test_truncated_checkpoint_is_a_clear_error(cifar10_path, tmp_path):
   config.num_epochs = 2
   with pytest.raises(checkpoints.CheckpointError, match=r"(?s)step 8 .* damaged.*rm -r .*no other checkpoint"):
     train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+def test_two_step_init_from_starts_from_step_one(cifar10_path, tmp_path):
+  """ReActNet step 2 (binary weights) starts from step 1's parameters (real weights)."""
+  step1 = tiny_config(cifar10_path, num_epochs=1, **{"model.binarize_weights": False,
+                                                     "data.train_subset": 256})
+  train_lib.train_and_evaluate(step1, str(tmp_path / "step1"))
+  # lr = 0: step 2's parameters stay exactly where init_from put them (BN statistics still move).
+  step2 = tiny_config(cifar10_path, num_epochs=1, init_from=str(tmp_path / "step1"),
+                      **{"data.train_subset": 256, "optim.lr": 0.0, "optim.schedule": "constant"})
+  train_lib.train_and_evaluate(step2, str(tmp_path / "step2"))
+  assert_trees_close(final_params(tmp_path / "step1"), final_params(tmp_path / "step2"), rtol=0, atol=0)
+
+  wider = tiny_config(cifar10_path, num_epochs=1, init_from=str(tmp_path / "step1"),
+                      **{"model.width": 0.25, "data.train_subset": 256})
+  with pytest.raises(ValueError, match="do not match"):
+    train_lib.train_and_evaluate(wider, str(tmp_path / "wider"))
