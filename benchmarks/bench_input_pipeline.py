@@ -28,7 +28,6 @@ import os
 
 import jax
 import numpy as np
-from flax import jax_utils
 
 import common
 from bnn_jax import config as config_lib
@@ -73,7 +72,7 @@ def main():
   ds = data.load_dataset(config.data)
   model = train_lib.build_model(config, ds.num_classes)  # synchronized BN over the pmap axis
   devices = jax.local_devices()[:1]
-  put = functools.partial(jax_utils.replicate, devices=devices)
+  put = functools.partial(common.replicate, devices=devices)  # see common.replicate
   pmap = functools.partial(jax.pmap, axis_name="batch", devices=devices, donate_argnums=(0,))
   images, labels = put(ds.train_images), put(ds.train_labels)
   n_train = len(ds.train_labels)

@@ -2,13 +2,21 @@
 
 Both sides: BatchNorm in train mode, binary weights and activations with their STEs,
 softmax cross-entropy, Adam (lr 1e-3, no weight decay), one step on a float batch that
-is already in memory (no data pipeline: see bench_input_pipeline.py for that). PyTorch
-runs eager NCHW with ``torch.set_num_threads(--threads)``; JAX uses XLA's CPU thread pool
-(all cores). Before timing, the PyTorch model is loaded with the JAX model's weights and
-the logits of one train-mode forward pass are compared, so both compute the same function.
+is already in memory (no data pipeline: see bench_input_pipeline.py for that). JAX: the
+step jitted with the train state donated (as the trainer's), NHWC, XLA's CPU thread pool
+(all cores). PyTorch (``torch_reactnet.py``): eager, NCHW, float ``nn.Conv2d`` weights
+binarized in ``forward`` with the same STEs, plain ``torch.optim.Adam``,
+``torch.set_num_threads(--threads)`` (default: all cores).
 
-  python benchmarks/bench_train_step.py                     # width 0.25, batches 32,64,128
-  python benchmarks/bench_train_step.py --width 1 --batches 128,256 --steps 20   # on a GPU
+Before timing, the PyTorch model is loaded with the JAX model's weights, and one
+train-mode forward and backward pass on the same batch is compared: logits and the loss
+gradient of every parameter must agree (the script stops otherwise), so both sides
+compute the same function. The two sides are then timed interleaved in this process
+(see ``common.time_interleaved``); medians are reported.
+
+  python benchmarks/bench_train_step.py                         # width 0.25, batches 32,64,128
+  python benchmarks/bench_train_step.py --width 1 --batches 32,128 --steps 1 --repeats 5
+  python benchmarks/bench_train_step.py --width 1 --batches 128,256 --torch-device cuda  # GPU
 """
 
 from __future__ import annotations
@@ -86,10 +94,12 @@ def main():
   template = common.init_state(model, tx)
   n_jax = common.count_params(template.params)
   n_torch = torch_reactnet.num_params(torch_model)
-  assert n_jax == n_torch, f"parameter counts differ: jax {n_jax}, torch {n_torch}"
+  if n_jax != n_torch:
+    raise SystemExit(f"parameter counts differ: jax {n_jax}, torch {n_torch}")
   logits_diff, grad_diff = check_same_function(model, template, torch_model)
-  assert logits_diff < 1e-3, f"the two models compute different logits (max diff {logits_diff})"
-  assert grad_diff < 1e-3, f"the two models compute different gradients (rel. diff {grad_diff})"
+  if logits_diff > 1e-3 or grad_diff > 1e-3:
+    raise SystemExit(f"the two models compute different functions: logits differ by up to "
+                     f"{logits_diff:.2e}, gradients by up to {grad_diff:.2e} (relative)")
 
   step = common.jit_float_step()
   rows, spreads = [], []

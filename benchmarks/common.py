@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bnn_jax import models, train_lib
@@ -163,6 +164,23 @@ def step_runner(step: Callable, state, *args) -> Callable[[int], None]:
     box[0] = s
 
   return run
+
+
+def replicate(tree, devices, axis_name: str = "batch"):
+  """``flax.jax_utils.replicate`` with the sharding a ``jax.pmap(axis_name=...)`` returns.
+
+  ``jax_utils.replicate`` gives arrays sharded over a mesh axis named
+  ``'_device_put_sharded'``, while the pmapped step's outputs are sharded over
+  ``axis_name``; the step's compile cache keys on the sharding, so its second call
+  (fed its own output) compiles the whole step again. Placing the copies with the
+  sharding the step returns avoids that second compile.
+  """
+  mesh = jax.sharding.Mesh(np.array(devices), (axis_name,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
+  n = len(devices)
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))),
+                               sharding), tree)
 
 
 def count_params(params) -> int:

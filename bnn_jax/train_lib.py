@@ -247,9 +247,9 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def load_init_from(path: str, state: TrainState) -> TrainState:
   """Starts from another run's latest params/batch_stats (ReActNet step 2 from step 1)."""
   run = checkpoints.load_run(path)
-  ours = jax.tree_util.tree_structure(state.params)
-  theirs = jax.tree_util.tree_structure(jax.tree.map(np.asarray, run.params))
-  if ours != theirs:
+  shapes = lambda tree: jax.tree.map(np.shape, tree)
+  if (jax.tree_util.tree_structure(state.params) != jax.tree_util.tree_structure(run.params)
+      or shapes(state.params) != shapes(run.params)):
     raise ValueError(f"init_from={path}: its parameters do not match this model's; use the "
                      f"same model.name, model.width and dataset as that run "
                      f"(see {os.path.join(path, checkpoints.CONFIG_FILE)}).")
