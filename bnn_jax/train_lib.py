@@ -106,9 +106,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, indices:
 
   def loss_fn(params):
     variables = _variables(state, params)
-    mutable = ["batch_stats"] if state.batch_stats else []
-    out = state.apply_fn(variables, x, train=True, mutable=mutable)
-    logits, new_vars = out if mutable else (out, {})
+    if state.batch_stats:
+      logits, new_vars = state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+    else:  # BN-free: nothing to update (mutable=[] would still return a (logits, {}) pair)
+      logits, new_vars = state.apply_fn(variables, x, train=True), {}
     loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
     return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
 

@@ -105,6 +105,18 @@ def test_learns_on_real_cifar10(cifar10_path, tmp_path):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
 
 
+def test_bn_free_model_trains_with_method1_and_agc(cifar10_path, tmp_path):
+  """The BN-free recipe end to end: no batch_stats anywhere, finite loss, weight stats logged."""
+  config = tiny_config(cifar10_path, num_epochs=1, **{
+      "model.name": "reactnet18_bnfree", "optim.agc_clip": 0.02, "optim.w_reg.enabled": True,
+      "optim.cosine_momentum.enabled": True, "data.train_subset": 256})
+  record = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(record["train/loss"]) and 0.0 <= record["test/accuracy"] <= 1.0
+  assert "weights/overall/mean_dist" in record
+  run = checkpoints.load_run(str(tmp_path))
+  assert not jax.tree.leaves(run.batch_stats)
+
+
 def test_two_devices_equal_one_device(cifar10_path, tmp_path):
   """Same global batch over 1 and 2 devices (synchronized BN): same parameters after 8 steps.
 
