@@ -30,12 +30,10 @@ ARMS = {
     "e_both": {"optim.w_reg.enabled": True, "optim.cosine_momentum.enabled": True},
     "f_bnfree_both": {"model.name": "reactnet18_bnfree", "optim.agc_clip": 0.02,
                       "optim.w_reg.enabled": True, "optim.cosine_momentum.enabled": True},
-    # Both transforms around the per-channel scale alpha = mean|w| instead of t = 1: at CIFAR
-    # init the latent weights are ~0.05-0.1, so with t = 1 no weight is in the tail early on.
-    "g_both_meanabs": {"optim.w_reg.enabled": True, "optim.w_reg.target": "mean_abs",
-                       "optim.cosine_momentum.enabled": True,
-                       "optim.cosine_momentum.target": "mean_abs",
-                       "optim.cosine_momentum.width": 0.05},
+    # Calibration after the first pass (c and e froze the signs at lambda = 1e-4):
+    "c2_wreg_1e-5": {"optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-5},
+    "e2_both_1e-5": {"optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-5,
+                     "optim.cosine_momentum.enabled": True},
 }
 REPORTED = ("test/accuracy", "weights/overall/mean_dist", "weights/overall/tail_frac",
             "weights/overall/flip_ratio", "weights/overall/near_frac")
