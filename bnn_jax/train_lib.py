@@ -77,6 +77,12 @@ def create_state(config, model: nn.Module, tx: optax.GradientTransformation,
                     apply_fn=model.apply, tx=tx)
 
 
+def init_rng(seed: int) -> jax.Array:
+  """The parameter-init key: the "rbg" PRNG, which XLA compiles ~4x faster than threefry on
+  CPU (3.6 s against 14 s for ReActNet-18's init); training randomness stays threefry."""
+  return jax.random.key(seed, impl="rbg")
+
+
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
       if label_smoothing else jax.nn.one_hot(labels, num_classes)
@@ -290,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = build_model(config, ds.num_classes)
   tx, lr_schedule = optim.build_optimizer(config, steps_per_epoch)
-  state = create_state(config, model, tx, jax.random.key(config.seed))
+  state = create_state(config, model, tx, init_rng(config.seed))
 
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, checkpoints.CHECKPOINT_DIR),
                                   keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best)

@@ -90,7 +90,8 @@ def test_learns_on_real_cifar10(cifar10_path, tmp_path):
   probability < 1e-12 (binomial, sd 0.67%), so the 25% bar cannot pass by luck.
   """
   config = tiny_config(cifar10_path, **{"data.train_subset": 5000, "data.test_subset": 2000,
-                                        "batch_size": 100, "num_epochs": 4, "model.width": 0.25})
+                                        "batch_size": 100, "num_epochs": 4, "model.width": 0.25,
+                                        "eval_every_epochs": 4})
   record = train_lib.train_and_evaluate(config, str(tmp_path))
   assert record["test/accuracy"] > 0.25, record
   history = checkpoints.read_metrics(str(tmp_path))
@@ -136,7 +137,7 @@ def test_two_devices_equal_one_device(cifar10_path, tmp_path):
   assert abs(r1["test/accuracy"] - r2["test/accuracy"]) <= 1 / 256  # at most one borderline image
   # and the parameters moved: the comparison is not between two untouched initialisations
   init = train_lib.create_state(one, train_lib.build_model(one, 10), optax.sgd(0.0),
-                                jax.random.key(one.seed)).params
+                                train_lib.init_rng(one.seed)).params
   moved = [np.abs(np.asarray(a) - b).max() for a, b in
            zip(jax.tree.leaves(init), jax.tree.leaves(final_params(tmp_path / "one")))]
   assert max(moved) > 1e-3
