@@ -12,6 +12,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bnn_jax import xla_cpu
+
+xla_cpu.add_tuned_flags()  # before JAX starts its backend; see bnn_jax/xla_cpu.py
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")

@@ -15,6 +15,7 @@ compute the same function. The two sides are then timed interleaved in this proc
 (see ``common.time_interleaved``); medians are reported.
 
   python benchmarks/bench_train_step.py                         # width 0.25, batches 32,64,128
+  python benchmarks/bench_train_step.py --xla-flags=            # the same, XLA's default flags
   python benchmarks/bench_train_step.py --width 1 --batches 32,128 --steps 1 --repeats 5
   python benchmarks/bench_train_step.py --width 1 --batches 128,256 --torch-device cuda  # GPU
 """
@@ -83,7 +84,11 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count(),
                       help="torch.set_num_threads (default: all cores, as XLA uses)")
   parser.add_argument("--torch-device", default="cpu", help="cpu or cuda")
+  parser.add_argument("--xla-flags", default=common.TUNED_XLA_FLAGS,
+                      help="appended to $XLA_FLAGS for the JAX side (default: the CPU tuning "
+                           "of common.TUNED_XLA_FLAGS; '' for XLA's defaults)")
   args = parser.parse_args()
+  common.use_xla_flags(args.xla_flags)
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   dev = torch.device(args.torch_device)

@@ -18,7 +18,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnn_jax import models, train_lib
+from bnn_jax import models, train_lib, xla_cpu
+
+
+# XLA:CPU tuning found by bench_xla_flags.py (docs/BENCHMARKS.md, section 4): keep the
+# convolutions out of XLA's YNNPACK fusions (back to XLA's own Eigen convolutions). With
+# jax 0.10.2 the YNNPACK kernel-gradient convolutions scale badly with the batch
+# (batch 32 -> 128: 8x the time); without them the ReActNet-18 step is ~1.4x faster at
+# batch 128 and unchanged at batch 32. XLA reads XLA_FLAGS once, when its CPU client
+# starts: ``use_xla_flags`` must run before the first JAX computation.
+TUNED_XLA_FLAGS = " ".join(xla_cpu.TUNED_FLAGS)  # what train.py adds on CPU
+
+
+def use_xla_flags(flags: str) -> None:
+  """Appends ``flags`` to ``$XLA_FLAGS`` (call before any JAX computation)."""
+  if flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
 def cpu_name() -> str:
@@ -40,8 +55,9 @@ def machine_line() -> str:
   """One line naming the machine, the JAX backend and the current load average."""
   dev = jax.devices()[0]
   backend = dev.platform if dev.platform == "cpu" else f"{dev.platform} ({dev.device_kind})"
-  return (f"{cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} on {backend}; "
-          f"{load_average()}")
+  flags = os.environ.get("XLA_FLAGS", "")
+  return (f"{cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} on {backend}"
+          f"{f' (XLA_FLAGS={flags!r})' if flags else ''}; {load_average()}")
 
 
 class Timing(dict):
@@ -167,20 +183,9 @@ def step_runner(step: Callable, state, *args) -> Callable[[int], None]:
 
 
 def replicate(tree, devices, axis_name: str = "batch"):
-  """``flax.jax_utils.replicate`` with the sharding a ``jax.pmap(axis_name=...)`` returns.
-
-  ``jax_utils.replicate`` gives arrays sharded over a mesh axis named
-  ``'_device_put_sharded'``, while the pmapped step's outputs are sharded over
-  ``axis_name``; the step's compile cache keys on the sharding, so its second call
-  (fed its own output) compiles the whole step again. Placing the copies with the
-  sharding the step returns avoids that second compile.
-  """
-  mesh = jax.sharding.Mesh(np.array(devices), (axis_name,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
-  n = len(devices)
-  return jax.tree.map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))),
-                               sharding), tree)
+  """The trainer's placement (``bnn_jax.train_lib.replicate``): one compile per step."""
+  from bnn_jax import train_lib
+  return train_lib.replicate(tree, devices, axis_name)
 
 
 def count_params(params) -> int:

@@ -137,7 +137,7 @@ def test_two_devices_equal_one_device(cifar10_path, tmp_path):
   assert abs(r1["test/accuracy"] - r2["test/accuracy"]) <= 1 / 256  # at most one borderline image
   # and the parameters moved: the comparison is not between two untouched initialisations
   init = train_lib.create_state(one, train_lib.build_model(one, 10), optax.sgd(0.0),
-                                train_lib.init_rng(one.seed)).params
+                                jax.random.key(one.seed)).params
   moved = [np.abs(np.asarray(a) - b).max() for a, b in
            zip(jax.tree.leaves(init), jax.tree.leaves(final_params(tmp_path / "one")))]
   assert max(moved) > 1e-3
