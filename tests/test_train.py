@@ -84,25 +84,25 @@ def saved_steps(workdir):
 
 
 def test_learns_on_real_cifar10(cifar10_path, tmp_path):
-  """5,000 training images, 4 epochs; test on 2,000 held-out test images.
+  """4,000 training images, 3 epochs; test on 2,000 held-out test images.
 
   Chance is 10%; a classifier at chance scores above 15% on 2,000 images with
   probability < 1e-12 (binomial, sd 0.67%), so the 25% bar cannot pass by luck.
   """
-  config = tiny_config(cifar10_path, **{"data.train_subset": 5000, "data.test_subset": 2000,
-                                        "batch_size": 100, "num_epochs": 4, "model.width": 0.25,
-                                        "eval_every_epochs": 4})
+  config = tiny_config(cifar10_path, **{"data.train_subset": 4000, "data.test_subset": 2000,
+                                        "batch_size": 100, "num_epochs": 3, "model.width": 0.25,
+                                        "eval_every_epochs": 3})
   record = train_lib.train_and_evaluate(config, str(tmp_path))
   assert record["test/accuracy"] > 0.25, record
   history = checkpoints.read_metrics(str(tmp_path))
-  assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+  assert [r["epoch"] for r in history] == [1, 2, 3]
   assert history[-1]["train/loss"] < history[0]["train/loss"]
   # the weight statistics are logged every epoch, overall and per binary layer
   assert 0.0 <= history[-1]["weights/overall/flip_ratio"] <= 1.0
   assert "weights/overall/flip_ratio" not in history[0]  # no previous epoch to compare with
   assert any(k.startswith("weights/stage4_block4") for k in history[-1])
   written = json.load(open(tmp_path / "config.json"))
-  assert written["model"]["num_classes"] == 10 and written["data"]["train_subset"] == 5000
+  assert written["model"]["num_classes"] == 10 and written["data"]["train_subset"] == 4000
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
 
 
@@ -119,28 +119,30 @@ def test_bn_free_model_trains_with_method1_and_agc(cifar10_path, tmp_path):
 
 
 def test_two_devices_equal_one_device(cifar10_path, tmp_path):
-  """Same global batch over 1 and 2 devices (synchronized BN): same parameters after 8 steps.
+  """Same global batch over 1 and 2 devices (synchronized BN): the same training.
 
-  Plain SGD: Adam's first steps are lr * g / |g| per element, which turns float-rounding
-  differences in near-zero gradients into +-lr steps and (through the signs) a different
-  trajectory, so it would test Adam's sensitivity rather than the data-parallel step.
+  Not bit-equal: the per-device batch (64 vs 32) changes the float summation order, and
+  binary activations can turn a last-bit difference into a flipped sign that grows step
+  by step (measured: 4% of the parameter movement after 8 steps). After 2 steps the two
+  runs differ by 1e-6 of how far the parameters moved, while a real data-parallel bug is
+  of the order of the movement (unsynchronised BN: 0.29). Plain SGD: Adam's first steps
+  are lr * g / |g| per element and would turn rounding in near-zero gradients into full steps.
   """
   assert jax.local_device_count() == 2
-  sgd = {"optim.name": "sgd", "optim.lr": 0.05, "num_epochs": 1}
+  sgd = {"optim.name": "sgd", "optim.lr": 0.05, "num_epochs": 1, "data.train_subset": 128}
   one = tiny_config(cifar10_path, num_devices=1, **sgd)
   two = tiny_config(cifar10_path, num_devices=2, **sgd)
   r1 = train_lib.train_and_evaluate(one, str(tmp_path / "one"))
   r2 = train_lib.train_and_evaluate(two, str(tmp_path / "two"))
-  assert_trees_close(final_params(tmp_path / "one"), final_params(tmp_path / "two"),
-                     rtol=1e-5, atol=1e-6)
-  assert abs(r1["train/loss"] - r2["train/loss"]) < 1e-5
-  assert abs(r1["test/accuracy"] - r2["test/accuracy"]) <= 1 / 256  # at most one borderline image
-  # and the parameters moved: the comparison is not between two untouched initialisations
+  p1, p2 = final_params(tmp_path / "one"), final_params(tmp_path / "two")
   init = train_lib.create_state(one, train_lib.build_model(one, 10), optax.sgd(0.0),
                                 jax.random.key(one.seed)).params
-  moved = [np.abs(np.asarray(a) - b).max() for a, b in
-           zip(jax.tree.leaves(init), jax.tree.leaves(final_params(tmp_path / "one")))]
-  assert max(moved) > 1e-3
+  sq = lambda tree: sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(tree))
+  moved = sq(jax.tree.map(lambda a, b: np.asarray(a) - b, init, p1)) ** 0.5
+  apart = sq(jax.tree.map(lambda a, b: a - b, p1, p2)) ** 0.5
+  assert moved > 1e-2 and apart < 1e-4 * moved, (moved, apart)
+  assert abs(r1["train/loss"] - r2["train/loss"]) < 1e-5
+  assert abs(r1["test/accuracy"] - r2["test/accuracy"]) <= 1 / 256  # at most one borderline image
 
 
 def test_killed_run_resumes_to_the_same_result(cifar10_path, tmp_path):
