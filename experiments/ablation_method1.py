@@ -74,7 +74,7 @@ def last_record(workdir):
 
 
 def table(args):
-  rows = ["| arm | test top-1 (mean ± half-range) | seeds | mean ||w|-t| | near ±t (0.1) | tail |w|>t | flip ratio (last epoch) |",
+  rows = ["| arm | test top-1 % (mean ± half-range) | seeds | mean distance to ±t | near ±t (0.1) | tail (abs w > t) | flip ratio (last epoch) |",
           "|---|---|---|---|---|---|---|"]
   for arm in args.arms:
     recs = [last_record(os.path.join(args.out, f"{arm}_s{s}")) for s in args.seeds]
