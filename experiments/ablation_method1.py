@@ -25,11 +25,13 @@ import time
 ARMS = {
     "a_adam": {},
     "b_adam_l2": {"optim.binary_weight_decay": 5e-4},
-    "c_wreg": {"optim.w_reg.enabled": True},
+    "c_wreg": {"optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-4},
     "d_cosmom": {"optim.cosine_momentum.enabled": True},
-    "e_both": {"optim.w_reg.enabled": True, "optim.cosine_momentum.enabled": True},
+    "e_both": {"optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-4,
+               "optim.cosine_momentum.enabled": True},
     "f_bnfree_both": {"model.name": "reactnet18_bnfree", "optim.agc_clip": 0.02,
-                      "optim.w_reg.enabled": True, "optim.cosine_momentum.enabled": True},
+                      "optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-4,
+                      "optim.cosine_momentum.enabled": True},
     # Calibration after the first pass (c and e froze the signs at lambda = 1e-4):
     "c2_wreg_1e-5": {"optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-5},
     "e2_both_1e-5": {"optim.w_reg.enabled": True, "optim.w_reg.strength": 1e-5,
