@@ -10,6 +10,20 @@ _flag = "--xla_force_host_platform_device_count=2"
 if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
+# One persistent XLA compilation cache for the whole test session (and the train.py
+# subprocesses it starts, which inherit the environment): the many tiny runs of the same
+# model compile once. It changes no result, only the time (about 3x less per repeated run).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  _cache = tempfile.mkdtemp(prefix="bnn_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 # The CPU tuning train.py applies (bnn_jax/xla_cpu.py), so tests run what users run.
 from bnn_jax import xla_cpu  # noqa: E402  (imports jax; its backend starts later)
 

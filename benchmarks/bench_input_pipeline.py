@@ -1,6 +1,6 @@
 """Does the input pipeline starve the train step? The trainer's real step vs a synthetic batch.
 
-All three contenders run the trainer's own step, ``jax.pmap(train_lib.train_step)`` with
+All three contenders run the trainer's own step, ``jax.pmap(train_lib.make_train_step(...))`` with
 ``donate_argnums=(0,)`` exactly as ``train_lib.train_and_evaluate`` builds it (model from
 ``train_lib.build_model``: synchronized BN over the pmap axis; Adam + cosine schedule from
 ``optim.build_optimizer``; state from ``train_lib.create_state``); only what they feed it differs:
@@ -31,7 +31,7 @@ import numpy as np
 
 import common
 from bnn_jax import config as config_lib
-from bnn_jax import data, optim, train_lib
+from bnn_jax import data, objectives, optim, train_lib
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                             "cifar-10-binary.tar.gz")
@@ -49,7 +49,7 @@ def data_runner(step, state, images, labels, indices):
     state, i = box
     for _ in range(n):
       rng = jax.random.fold_in(base_rng, i)
-      state, metrics = step(state, images, labels, indices[i % len(indices)], rng)
+      state, _, metrics = step(state, {}, images, labels, indices[i % len(indices)], rng)
       i += 1
     jax.block_until_ready((state, metrics))
     box[:] = [state, i]
@@ -78,9 +78,9 @@ def main():
   n_train = len(ds.train_labels)
 
   def pmapped_step(mean, std, augment):
-    return pmap(functools.partial(
-        train_lib.train_step, mean=tuple(mean), std=tuple(std), augment=augment,
-        num_classes=ds.num_classes, label_smoothing=0.0), in_axes=(0, 0, 0, 0, None))
+    return pmap(train_lib.make_train_step(objectives.classification(ds.num_classes),
+                                          mean=tuple(mean), std=tuple(std), augment=augment),
+                in_axes=(0, None, 0, 0, 0, None))
 
   steps = {"real": pmapped_step(ds.mean, ds.std, True),
            "no-augment": pmapped_step(ds.mean, ds.std, False),
@@ -91,7 +91,7 @@ def main():
   for batch in common.batch_sizes(args.batches):
     tx, _ = optim.build_optimizer(config, data.steps_per_epoch(n_train, batch))
     if template is None:
-      template = train_lib.create_state(config, model, tx, jax.random.key(config.seed))
+      template = train_lib.create_state(model, tx, jax.random.key(config.seed))
     indices = data.train_batch_indices(0, 0, n_train, batch, len(devices))  # [steps, 1, batch]
     rng = np.random.RandomState(batch)
     # float pixels in [0, 255] units: normalize(mean 0, std 1) divides by 255.
@@ -120,7 +120,7 @@ def main():
       notes=(f"real: uint8 CIFAR-10 ({n_train:,} training images) on the device, gather + "
              f"crop/flip + normalize inside the step; no-augment: gather + normalize; "
              f"synthetic: a float batch on the device. All: the trainer's pmapped "
-             f"train_lib.train_step. "
+             f"train_lib.make_train_step. "
              f"Median of {args.repeats} alternating repeats of {args.steps} steps after "
              f"{args.warmup} warm-up steps.",
              "Range over repeats, ms/step: " + " | ".join(spreads) + "."))

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import common
 import torch_reactnet
-from bnn_jax import train_lib
+from bnn_jax import losses, train_lib
 
 
 def torch_runner(model, opt, x, y):
@@ -63,7 +63,7 @@ def check_same_function(model, state, torch_model, batch: int = 16) -> tuple[flo
   def loss_fn(params):
     logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                             train=True, mutable=["batch_stats"])
-    return train_lib.cross_entropy(logits, y, 10).mean(), logits
+    return losses.cross_entropy(logits, y, 10).mean(), logits
 
   (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
   torch_model.train()

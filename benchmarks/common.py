@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnn_jax import models, train_lib, xla_cpu
+from bnn_jax import models, objectives, train_lib, xla_cpu
 
 
 # XLA:CPU tuning found by bench_xla_flags.py (docs/BENCHMARKS.md, section 4): keep the
@@ -127,7 +127,7 @@ def reactnet(width: float, bn_axis_name: Optional[str] = None):
 
 def init_state(model, tx: optax.GradientTransformation) -> train_lib.TrainState:
   """``train_lib.create_state`` with seed 0 (it compiles ``model.init``: call it once)."""
-  return train_lib.create_state(None, model, tx, jax.random.key(0))
+  return train_lib.create_state(model, tx, jax.random.key(0))
 
 
 def fresh_copy(state: train_lib.TrainState,
@@ -141,31 +141,21 @@ def fresh_copy(state: train_lib.TrainState,
                        opt_state=tx.init(params), tx=tx)
 
 
-def float_train_step(state: train_lib.TrainState, x: jax.Array, y: jax.Array, *,
-                     num_classes: int = 10, axis_name: Optional[str] = None):
-  """``train_lib.train_step`` without its data path: ``x`` is a ready float batch.
+def float_train_step(num_classes: int = 10, axis_name: Optional[str] = None) -> Callable:
+  """The trainer's update (``train_lib.make_update``, cross-entropy) without its data path:
+  ``step(state, x, y) -> (state, loss)`` on a ready float batch."""
+  update = train_lib.make_update(objectives.classification(num_classes), axis_name)
 
-  Same loss (softmax cross-entropy), BatchNorm in train mode, gradient, ``tx.update``
-  and ``optax.apply_updates``; with ``axis_name`` (under pmap) the gradients are
-  averaged over devices as there. Returns (state, loss).
-  """
-  def loss_fn(params):
-    logits, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
-                                      train=True, mutable=["batch_stats"])
-    return train_lib.cross_entropy(logits, y, num_classes).mean(), new_vars["batch_stats"]
+  def step(state, x, y):
+    state, _, metrics = update(state, {}, x, y)
+    return state, metrics["loss"]
 
-  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  if axis_name:
-    grads = jax.lax.pmean(grads, axis_name)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                       opt_state=opt_state), loss
+  return step
 
 
 def jit_float_step():
   """``float_train_step`` jitted for one device, the state donated."""
-  return jax.jit(float_train_step, donate_argnums=(0,))
+  return jax.jit(float_train_step(), donate_argnums=(0,))
 
 
 def step_runner(step: Callable, state, *args) -> Callable[[int], None]:

@@ -9,10 +9,12 @@ valid one instead of silently adding a field.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import ml_collections
 
+from bnn_jax import models
 from bnn_jax.data import default_data_config
 from bnn_jax.optim import default_optim_config
 
@@ -26,9 +28,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "reactnet18"          # bnn_jax.models.MODELS
   c.model.width = 1.0                  # channel multiplier
   c.model.num_classes = -1             # -1: from the dataset (written resolved to config.json)
-  c.model.binarize_weights = True      # False: ReActNet step 1 (binary activations, real weights)
   c.model.dtype = "float32"            # "bfloat16" computes convs in bf16 (params stay float32)
   c.model.sync_batch_norm = True       # BN statistics over the global batch (same result on any device count)
+  # The model's own options (bnn_jax.models.MODELS[name].options), e.g. binarize_weights
+  # (False: ReActNet step 1) or the method-2 components; set_model() fills in all of them so
+  # each can be overridden from the command line (--config.model.options.excitation=False).
+  c.model.options = ml_collections.ConfigDict(models.default_options(c.model.name))
+
+  # --- teacher and distillation (method 3; docs/METHODS.md) -------------------
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.workdir = ""               # a finished run of this project; "" = no teacher
+  c.teacher.checkpoint = "best"        # best (by test accuracy) | latest
+  c.distill = ml_collections.ConfigDict()
+  c.distill.semantic_weight = 0.0      # lambda_semantic (needs a teacher)
+  c.distill.kd_weight = 1.0            # semantic = kd_weight * T^2 KL(p_T || p_S)
+  c.distill.cosine_weight = 1.0        #   + cosine_weight * (1 - cos) of the penultimate vectors
+  c.distill.temperature = 1.0          # T
+  c.distill.detail_weight = 0.0        # lambda_detail (needs a teacher)
+  c.distill.detail_kind = "attention"  # attention | gram
+  c.distill.detail_taps = "stage1,stage2"  # student stages/blocks, paired with the teacher
+                                           # stage of the same spatial size
 
   c.data = default_data_config()
   c.optim = default_optim_config()
@@ -69,11 +88,23 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def set_model(config: ml_collections.ConfigDict, name: str, **options) -> None:
+  """Sets ``config.model.name`` and all of that model's options (defaults, then ``options``)."""
+  full = models.check_options(name, options)
+  with config.unlocked():
+    config.model.name = name
+    config.model.options = ml_collections.ConfigDict(full)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for keys the trainer does not know, naming the closest valid key."""
-  known = _flatten(base_config())
-  given = _flatten(config)
-  unknown = sorted(set(given) - set(known))
+  """One check of a whole config before anything is built; ValueError naming the fix.
+
+  Unknown keys (with the closest valid one), the model's options, and values that
+  cannot train: non-positive or non-finite learning rate, batch size or epochs.
+  """
+  known = {k for k in _flatten(base_config()) if not k.startswith("model.options.")}
+  given = {k for k in _flatten(config) if not k.startswith("model.options.")}
+  unknown = sorted(given - known)
   if unknown:
     hints = []
     for key in unknown:
@@ -81,6 +112,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
       hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ValueError(f"Unknown config key(s): {', '.join(hints)}. Valid keys are listed in "
                      f"bnn_jax/config.py:base_config().")
+  try:
+    models.check_options(config.model.name, dict(config.model.options))
+  except ValueError as e:
+    raise ValueError(f"config.model.options: {e} Set the model with "
+                     f"bnn_jax.config.set_model(config, name) in the config file.") from None
   if config.batch_size <= 0 or config.num_epochs <= 0:
     raise ValueError(f"batch_size and num_epochs must be positive, got {config.batch_size} "
                      f"and {config.num_epochs}.")
+  lr = config.optim.lr
+  if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+    raise ValueError(f"--config.optim.lr={lr} must be a finite number >= 0 (0 trains nothing; "
+                     f"2e-3 is the Adam default for binary networks).")
+  if config.teacher.checkpoint not in ("best", "latest"):
+    raise ValueError(f"--config.teacher.checkpoint={config.teacher.checkpoint!r}: use best or latest.")
+  if (config.distill.semantic_weight or config.distill.detail_weight) and not config.teacher.workdir:
+    raise ValueError("distill.semantic_weight / distill.detail_weight need a teacher: set "
+                     "--config.teacher.workdir to a finished full-precision run's workdir.")

@@ -408,7 +408,7 @@ def augment_each(keys: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
 # Index batching (host side; the data itself stays on the device)
 # ----------------------------------------------------------------------------
 
-def _check_batch(global_batch: int, num_devices: int, process_index: int,
+def check_batch(global_batch: int, num_devices: int, process_index: int,
                  process_count: int) -> int:
   """Per-device batch size; ValueError naming the fix when the batch does not split evenly."""
   total = num_devices * process_count
@@ -451,7 +451,7 @@ def train_batch_indices(seed: int, epoch: int, n: int, global_batch: int, num_de
   Returns:
     int32 ``[steps, num_devices, global_batch // (num_devices * process_count)]``.
   """
-  per_device = _check_batch(global_batch, num_devices, process_index, process_count)
+  per_device = check_batch(global_batch, num_devices, process_index, process_count)
   steps = steps_per_epoch(n, global_batch)
   perm = epoch_permutation(seed, epoch, n)[:steps * global_batch].reshape(steps, global_batch)
   per_process = global_batch // process_count
@@ -470,7 +470,7 @@ def eval_batch_indices(n: int, global_batch: int, num_devices: int, process_inde
   Returns:
     (int32 indices, bool mask), both ``[steps, num_devices, per_device_batch]``.
   """
-  per_device = _check_batch(global_batch, num_devices, process_index, process_count)
+  per_device = check_batch(global_batch, num_devices, process_index, process_count)
   steps = -(-n // global_batch)
   flat = np.arange(steps * global_batch, dtype=np.int32)
   mask = flat < n

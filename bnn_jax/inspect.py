@@ -4,13 +4,22 @@ Prints, for one checkpoint of a run (default: the latest):
 
 * the run's resolved config (``config.json``) and the checkpoint step (and epoch);
 * the metrics history from ``metrics.jsonl``, one row per epoch, with the best and
-  the last test accuracy;
-* the model summary (``bnn_jax.summary``): parameters, binary parameters, float32
-  and packed memory, binary and float MACs per layer;
+  the last test accuracy: every ``train/<key>`` the objective logged (loss, accuracy,
+  and e.g. ce / kl / cosine of a distillation objective), test loss and accuracy, the
+  activation bit entropy (``balance/overall/entropy``), the weight quantization error
+  (``weights/overall/quant_error``), the flip ratio, mean ||w| - t|, lr and images/s,
+  each when the run logged it;
+* the activation balance: per activation sign (its module path) the fraction of +1 on a
+  fixed batch of test images and its bit entropy, and their means ("overall"), from
+  the last record that has them (baseline and method-2 models alike);
+* the model summary (``bnn_jax.summary`` of the module ``bnn_jax.models.from_config``
+  builds from config.json): parameters, binary parameters, float32 and packed memory,
+  binary and float MACs per layer;
 * per binary layer (every ``binary_kernel``), how binary the latent weights are
   (``bnn_jax.weight_stats.latent_weight_stats`` with target t, default 1):
   mean |w|, mean ||w| - t|, the fraction within ``--near`` (0.1) of +-t, the tail
-  fraction |w| > t and the exact zeros.
+  fraction |w| > t and the exact zeros (and e_q, the quantization error, when the
+  statistics provide it).
 
 Options:
 
@@ -23,6 +32,18 @@ Options:
 ``--export FILE``    the packed model (``bnn_jax.deploy.export``) of this checkpoint;
     run it with ``bnn_jax.deploy.load_packed(FILE)``.
 
+Curves of many runs (``bnn_jax.curves``; metrics.jsonl only, so result folders without
+checkpoints work)::
+
+    python -m bnn_jax.inspect --curves OUT.png RUN_DIR [RUN_DIR ...] \
+        [--metric KEY] [--group-by REGEX]
+
+draws KEY (default test/accuracy) per epoch, one line per arm: the mean over its runs
+(seeds), the min-max range shaded, and prints per arm the last and the best mean. Runs
+are grouped by folder name: ``m2_bnn_s0`` and ``m2_bnn_s1`` form the arm ``m2_bnn``
+(the default REGEX strips a ``_s<digits>`` suffix); with ``--group-by REGEX`` the arm is
+the first group (or the match) of REGEX searched in the name.
+
 Anything that is not a run or checkpoint (a wrong path, a damaged checkpoint, a
 missing step) ends with one line ``bnn_jax.inspect: error: ...`` on stderr and
 exit status 2, never a traceback.
@@ -30,6 +51,7 @@ exit status 2, never a traceback.
 Example::
 
     python -m bnn_jax.inspect runs/quick --compare 156 --plot /tmp/w.png
+    python -m bnn_jax.inspect --curves /tmp/top1.png experiments/results/m2_*_s*
 """
 
 from __future__ import annotations
@@ -44,18 +66,27 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from bnn_jax import checkpoints, weight_stats
+from bnn_jax import curves as curves_lib
 
 PROG = "bnn_jax.inspect"
 STAT_COLUMNS = (("mean_abs", "mean|w|"), ("mean_dist", "mean||w|-t|"),
                 ("near_frac", "near +-t"), ("tail_frac", "|w|>t"), ("zero_frac", "zeros"))
-HISTORY_COLUMNS = (("epoch", "epoch", "{:d}"), ("step", "step", "{:d}"),
-                   ("train/loss", "train loss", "{:.4f}"),
-                   ("train/accuracy", "train acc", "{:.4f}"),
-                   ("test/loss", "test loss", "{:.4f}"),
-                   ("test/accuracy", "test acc", "{:.4f}"),
-                   ("weights/overall/flip_ratio", "flips", "{:.4f}"),
-                   ("weights/overall/mean_dist", "mean||w|-t|", "{:.4f}"),
-                   ("images_per_sec", "img/s", "{:.1f}"))
+# Columns of the history table, generic over the keys a run logs: every ``train/<key>``
+# the objective returned (loss and accuracy first), then these when any record has them.
+TRAIN_LABELS = {"accuracy": "acc"}
+HISTORY_TAIL = (("test/loss", "test loss", "{:.4f}"),
+                ("test/accuracy", "test acc", "{:.4f}"),
+                ("balance/overall/entropy", "act H", "{:.4f}"),
+                ("weights/overall/quant_error", "e_q", "{:.4f}"),
+                ("weights/overall/flip_ratio", "flips", "{:.4f}"),
+                ("weights/overall/mean_dist", "mean||w|-t|", "{:.4f}"),
+                ("lr", "lr", "{:.3g}"),
+                ("images_per_sec", "img/s", "{:.1f}"))
+# Per-layer statistics shown when the statistics have them (newer weight_stats).
+OPTIONAL_STAT_COLUMNS = (("quant_error", "e_q"), ("alpha_tail_frac", "|w|>alpha"))
+OPTIONAL_STAT_NOTES = {"quant_error": "e_q = ||w - alpha sign(w)||^2 / ||w||^2",
+                       "alpha_tail_frac": "|w|>alpha: the tail beyond alpha"}
+ALPHA_NOTE = " (alpha = mean|w| per output channel)"
 
 
 class InspectError(Exception):
@@ -131,16 +162,40 @@ def best_and_last(history: list[dict], key: str = "test/accuracy") -> tuple[Opti
   return max(rows, key=lambda r: r[key]), rows[-1]
 
 
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def history_columns(history: Sequence[dict]) -> list[tuple[str, str, str]]:
+  """(key, header, format) of the history table for these records.
+
+  epoch and step; every ``train/<key>`` some record has (loss and accuracy first, the others
+  in the order they first appear: e.g. ce, kl, cosine of a distillation objective); then
+  test loss and accuracy, the activation bit entropy (``balance/overall/entropy``), the
+  weight quantization error (``weights/overall/quant_error``), the flip ratio, the mean
+  distance to +-t, lr and images/s -- each only when some record has it.
+  """
+  present = {k for r in history for k, v in r.items() if _is_number(v)}
+  cols = [(k, k, "{:d}") for k in ("epoch", "step") if k in present]
+  train = [k for k in ("train/loss", "train/accuracy") if k in present]
+  for r in history:
+    train += [k for k in r if k.startswith("train/") and k not in train and k in present]
+  for k in train:
+    name = k[len("train/"):]
+    cols.append((k, f"train {TRAIN_LABELS.get(name, name)}", "{:.4f}"))
+  return cols + [c for c in HISTORY_TAIL if c[0] in present]
+
+
 def history_section(run: checkpoints.RunCheckpoint) -> list[str]:
   if not run.history:
     return ["(no metrics.jsonl records)"]
-  cols = [c for c in HISTORY_COLUMNS if any(c[0] in r for r in run.history)]
+  cols = history_columns(run.history)
   rows = []
   for r in run.history:
     row = []
     for key, _, fmt in cols:
       v = r.get(key)
-      row.append("" if v is None else fmt.format(int(v) if fmt == "{:d}" else v))
+      row.append(fmt.format(int(v) if fmt == "{:d}" else v) if _is_number(v) else "")
     rows.append(row)
   lines = _table([c[1] for c in cols], rows, left=0)
   best, last = best_and_last(run.history)
@@ -152,37 +207,91 @@ def history_section(run: checkpoints.RunCheckpoint) -> list[str]:
   return lines
 
 
-def model_kwargs(run: checkpoints.RunCheckpoint) -> tuple[Optional[str], dict]:
-  """(model name, get_model kwargs) from the run's config; (None, {}) without one."""
-  mcfg = (run.config or {}).get("model", {})
+BALANCE_PREFIX = "balance/"
+BALANCE_OVERALL = "overall"
+
+
+def balance_table(history: Sequence[dict]) -> tuple[Optional[dict], dict[str, dict[str, float]]]:
+  """(record, {sign module path: {"p_plus", "entropy"}, ..., "overall": {...}}) of the last
+  record with ``balance/.../p_plus`` keys; (None, {}) when no record has them.
+
+  Layers in the record's order, "overall" last. A layer's entropy is H(p_plus) in bits; the
+  trainer's "overall" is the mean p_plus and the mean per-layer entropy.
+  """
+  for record in reversed(list(history)):
+    layers: dict[str, dict[str, float]] = {}
+    for key, v in record.items():
+      if not key.startswith(BALANCE_PREFIX) or not _is_number(v):
+        continue
+      layer, _, stat = key[len(BALANCE_PREFIX):].rpartition("/")
+      if layer and stat in ("p_plus", "entropy"):
+        layers.setdefault(layer, {})[stat] = float(v)
+    if any("p_plus" in s for s in layers.values()):
+      if BALANCE_OVERALL in layers:
+        layers[BALANCE_OVERALL] = layers.pop(BALANCE_OVERALL)
+      return record, layers
+  return None, {}
+
+
+def balance_section(run: checkpoints.RunCheckpoint) -> list[str]:
+  record, layers = balance_table(run.history)
+  if record is None:
+    return ["(no balance/ records in metrics.jsonl: a model without binary activations, or "
+            "a run from before the activation balance was logged)"]
+  fmt = lambda s, k: f"{s[k]:.4f}" if k in s else ""
+  rows = [[layer, fmt(s, "p_plus"), fmt(s, "entropy")] for layer, s in layers.items()]
+  lines = [f"epoch {record.get('epoch')} (step {record.get('step')}), a fixed batch of test "
+           f"images: p(+1) = fraction of +1 out of each activation sign,",
+           "H = -p log2 p - (1-p) log2(1-p) its bit entropy (1 = balanced); overall: the means "
+           "over the signs"]
+  table = _table(["sign", "p(+1)", "H bits"], rows)
+  if BALANCE_OVERALL in layers and len(rows) > 1:
+    return lines + table[:-1] + [table[1], table[-1]]  # a rule above "overall"
+  return lines + table
+
+
+def _num_classes(run: checkpoints.RunCheckpoint, mcfg: dict) -> Optional[int]:
+  """From the config; else (older runs: -1) the classifier's output width in the checkpoint."""
+  if mcfg.get("num_classes", -1) not in (None, -1):
+    return int(mcfg["num_classes"])
+  head = run.params.get("head", {}) if hasattr(run.params, "get") else {}
+  if hasattr(head, "get") and "kernel" in head:
+    return int(np.shape(head["kernel"])[-1])
+  return None
+
+
+def build_model(run: checkpoints.RunCheckpoint):
+  """(model name, module) from the run's config.json through ``models.from_config``;
+  (None, None) when the run has no config naming the model. Errors of the factory propagate."""
+  mcfg = (run.config or {}).get("model") or {}
   name = mcfg.get("name")
   if name is None:
-    return None, {}
-  kwargs = {"width": float(mcfg.get("width", 1.0))}
-  head = run.params.get("head", {}) if hasattr(run.params, "get") else {}
-  if mcfg.get("num_classes", -1) not in (None, -1):
-    kwargs["num_classes"] = int(mcfg["num_classes"])
-  elif "kernel" in head:
-    kwargs["num_classes"] = int(np.shape(head["kernel"])[-1])
-  if mcfg.get("binarize_weights") is False:
-    kwargs["binarize_weights"] = False
-  return name, kwargs
+    return None, None
+  from bnn_jax import models  # Flax: only when a section needs the module
+  return name, models.from_config(mcfg, _num_classes(run, mcfg))
 
 
 def summary_section(run: checkpoints.RunCheckpoint) -> list[str]:
+  import dataclasses
   from bnn_jax.summary import summary  # Flax: only when the section is printed
-  name, kwargs = model_kwargs(run)
-  if name is None:
+  mcfg = (run.config or {}).get("model") or {}
+  if mcfg.get("name") is None:
     return ["(the run has no config.json naming the model: no summary)"]
+  described = {k: v for k, v in mcfg.items() if k != "name"}
+  try:
+    name, module = build_model(run)
+  except Exception as e:  # an unknown model or option: say so, keep the other sections
+    return [f"(no summary: config.json's model {described} does not build: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:300]})"]
   variables = {"params": run.params}
   if run.batch_stats:
     variables["batch_stats"] = run.batch_stats
   try:
-    s = summary(name, variables=variables, **kwargs)
+    s = summary(module, variables=variables)
   except Exception as e:  # a checkpoint of another model: say so, keep the other sections
-    return [f"(no summary: the checkpoint does not fit {name} {kwargs}: "
-            f"{type(e).__name__}: {str(e)[:200]})"]
-  return s.table().splitlines()
+    return [f"(no summary: the checkpoint does not fit {name} {described}: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:200]})"]
+  return dataclasses.replace(s, model=name).table().splitlines()
 
 
 def layer_stats(run: checkpoints.RunCheckpoint, target: float, near: float,
@@ -211,15 +320,20 @@ def weights_section(run: checkpoints.RunCheckpoint, stats: dict, target: float,
   if not stats:
     return ["(no binary layers: no parameter is named binary_kernel)"]
   shapes = _shapes(run.params)
-  head = ["layer", "shape", "weights"] + [c[1] for c in STAT_COLUMNS]
+  columns = list(STAT_COLUMNS) + [c for c in OPTIONAL_STAT_COLUMNS
+                                  if all(c[0] in s for s in stats.values())]
+  head = ["layer", "shape", "weights"] + [c[1] for c in columns]
   rows = []
   for layer, s in stats.items():
     shape = shapes.get(layer)
     n = int(np.prod(shape)) if shape else sum(int(np.prod(v)) for v in shapes.values())
     rows.append([layer, "x".join(map(str, shape)) if shape else "", f"{n:,}"] +
-                [f"{s[key]:.4f}" for key, _ in STAT_COLUMNS])
+                [f"{s[key]:.4f}" for key, _ in columns])
   lines = [f"t = {target:g}; near +-t: ||w| - t| <= {near:g}; |w|>t: the tail beyond the band; "
            f"zeros: w == 0 exactly"]
+  if len(columns) > len(STAT_COLUMNS):
+    lines.append("; ".join(OPTIONAL_STAT_NOTES[k] for k, _ in columns[len(STAT_COLUMNS):]) +
+                 ALPHA_NOTE)
   table = _table(head, rows, left=2)
   return lines + table[:-1] + [table[1], table[-1]]  # a rule above "overall"
 
@@ -313,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="RUN_DIR is a training --workdir, its checkpoints/ folder or a step folder "
              "checkpoints/<step>.")
-  p.add_argument("run_dir", metavar="RUN_DIR")
+  p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                 help="one run (the report); with --curves, any number of runs")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--compare", metavar="OTHER", default=None,
                  help="a step of this run, another RUN_DIR or a step folder: flip ratios")
@@ -325,11 +440,57 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--near", type=float, default=0.1, help="tolerance of 'near +-t'")
   p.add_argument("--no-config", action="store_true", help="leave out the config listing")
   p.add_argument("--no-summary", action="store_true", help="leave out the model summary")
+  g = p.add_argument_group(
+      "curves", "--curves OUT.png draws a metric per epoch for all RUN_DIRs (metrics.jsonl\n"
+      "only: result folders without checkpoints work), grouped into arms: the mean over\n"
+      "the seeds, min-max shaded; prints the last and the best mean per arm.")
+  g.add_argument("--curves", metavar="OUT.png", default=None,
+                 help="write the per-epoch curves of RUN_DIR [RUN_DIR ...] instead of the report")
+  g.add_argument("--metric", metavar="KEY", default=None,
+                 help=f"metrics.jsonl key to draw (default {curves_lib.DEFAULT_METRIC}), e.g. "
+                      f"balance/overall/entropy")
+  g.add_argument("--group-by", metavar="REGEX", default=None,
+                 help="a run's arm is the first group (or the match) of REGEX searched in its "
+                      "folder name; default strips a _s<digits> seed suffix "
+                      f"({curves_lib.DEFAULT_GROUP_BY}); an unmatched name is its own arm")
   return p
 
 
+REPORT_ONLY = ("step", "compare", "plot", "export")
+
+
+def curves_report(args: argparse.Namespace, out=None) -> dict:
+  """``--curves``: writes the PNG, prints a table of the arms; returns {arm: ArmCurve}."""
+  given = [f"--{k}" for k in REPORT_ONLY if getattr(args, k) is not None]
+  if given:
+    raise InspectError(f"--curves takes RUN_DIRs, --metric and --group-by, not "
+                       f"{', '.join(given)}.")
+  metric = args.metric or curves_lib.DEFAULT_METRIC
+  group_by = args.group_by or curves_lib.DEFAULT_GROUP_BY
+  try:
+    arms, skipped = curves_lib.collect(args.run_dirs, metric, group_by)
+    curves_lib.plot(arms, args.curves, metric)
+  except curves_lib.CurvesError as e:
+    raise InspectError(str(e)) from None
+  out = sys.stdout if out is None else out
+  lines = curves_lib.table(arms, metric)
+  for c in arms.values():
+    lines.append(f"  {c.arm}: {', '.join(c.runs)}")
+  if skipped:
+    lines.append(f"skipped (no {metric!r} in metrics.jsonl): {', '.join(skipped)}")
+  lines.append(f"wrote {args.curves}: {len(arms)} arm{'s' if len(arms) != 1 else ''}, "
+               f"{sum(len(c.runs) for c in arms.values())} runs")
+  print("\n".join(lines), file=out, flush=True)
+  return arms
+
+
 def report(args: argparse.Namespace, out=None) -> None:
-  run = load(args.run_dir, args.step)
+  if args.metric is not None or args.group_by is not None:
+    raise InspectError("--metric and --group-by go with --curves OUT.png.")
+  if len(args.run_dirs) != 1:
+    raise InspectError(f"the report takes one RUN_DIR (got {len(args.run_dirs)}); several go "
+                       f"with --curves OUT.png.")
+  run = load(args.run_dirs[0], args.step)
   other = load_other(run, args.compare) if args.compare is not None else None
   out = sys.stdout if out is None else out
   say = lambda lines: print("\n".join(lines), file=out, flush=True)
@@ -340,6 +501,7 @@ def report(args: argparse.Namespace, out=None) -> None:
   if not args.no_config:
     say(["", "== config =="] + config_section(run))
   say(["", "== metrics history (metrics.jsonl) =="] + history_section(run))
+  say(["", "== activation balance (metrics.jsonl) =="] + balance_section(run))
   if not args.no_summary:
     say(["", "== model summary =="] + summary_section(run))
   stats = layer_stats(run, args.target, args.near)
@@ -368,7 +530,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ImportError:
     pass
   try:
-    report(args)
+    if args.curves is not None:
+      curves_report(args)
+    else:
+      report(args)
   except InspectError as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2

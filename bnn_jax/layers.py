@@ -151,7 +151,23 @@ class RSign(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return quantizers.approx_sign(LearnableBias(name="threshold")(x))
+    shifted = LearnableBias(name="threshold")(x)
+    self.sow("intermediates", "presign", shifted)
+    return quantizers.approx_sign(shifted)
+
+
+class Sign(nn.Module):
+  """A parameter-free activation binarizer: ``quantizers.get(binarizer)(x)``, sign(0) = +1.
+
+  The pre-sign module of ResNet-18 BNN and VGG-Small (IR-Net / ReCU layout), where the
+  sign has no learnable threshold. Sows its input as ``intermediates/.../presign``.
+  """
+  binarizer: str = "approx_sign"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    self.sow("intermediates", "presign", x)
+    return quantizers.get(self.binarizer)(x)
 
 
 class RPReLU(nn.Module):

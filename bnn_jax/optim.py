@@ -1,7 +1,7 @@
 """Optax transforms for latent binary weights, parameter masks and the optimizer factory.
 
-Method 1 of the thesis (DESIGN 4.1) as two composable optax transforms that act on
-the latent (real-valued, pre-sign) binary weights:
+Method 1 of the thesis (docs/METHODS.md, "Method 1") as two composable optax transforms
+that act on the latent (real-valued, pre-sign) binary weights:
 
 * ``w_regularization``: adds lambda * dR/dw of the W-shaped regularizer
   R(w) = ||w| - t|^p / p, which pulls every weight toward +-t from both sides;
@@ -42,6 +42,7 @@ REAL_KERNEL = "kernel"
 MEAN_ABS = "mean_abs"
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PLACEMENTS = ("gradient", "decoupled")
 SCHEDULES = ("cosine", "linear", "constant")
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
@@ -113,7 +114,7 @@ def target_magnitude(w: jax.Array, target: Target = 1.0) -> jax.Array:
 
 
 def _sign(w: jax.Array) -> jax.Array:
-  """sign with sign(0) = +1 (the library convention, DESIGN 3)."""
+  """sign with sign(0) = +1 (the library convention, docs/METHODS.md "Conventions")."""
   return jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype)
 
 
@@ -202,7 +203,7 @@ def w_regularization(strength: ScalarOrSchedule, power: int = 2, target: Target 
   optimizer's scaling and the learning rate.
 
   Source: the "W-shaped" regularizer of ProxQuant (Bai, Wang & Liberty, ICLR 2019)
-  and BNN+ (Darabi et al., 2018); our concrete form is DESIGN 4.1.
+  and BNN+ (Darabi et al., 2018); our concrete form is docs/METHODS.md, "Method 1".
 
   Args:
     strength: lambda, a float or an optax schedule of the step count (e.g. a ramp
@@ -268,9 +269,9 @@ def variant_cosine_momentum(strength: ScalarOrSchedule, decay: float = 0.9, widt
   ``scale_by_learning_rate`` (-lr) a weight beyond +t moves down and one beyond -t
   moves up: |w| decreases. Weights with a clipped STE get no task gradient beyond
   the clip, so without this they never come back; weights far out return fast,
-  weights at the band feel nothing. This is the project's own definition (DESIGN 4.1),
-  a momentum variant with a cosine ramp. sign(w) only matters where |w| > t >= 0, so
-  the sign(0) convention does not arise.
+  weights at the band feel nothing. This is the project's own definition
+  (docs/METHODS.md, "Method 1"), a momentum variant with a cosine ramp. sign(w) only
+  matters where |w| > t >= 0, so the sign(0) convention does not arise.
 
   Args:
     strength: kappa, a float or an optax schedule of the step count.
@@ -309,6 +310,58 @@ def variant_cosine_momentum(strength: ScalarOrSchedule, decay: float = 0.9, widt
                        "variant_cosine_momentum")
 
 
+# --- placement ------------------------------------------------------------------------
+
+
+class DecoupledState(NamedTuple):
+  """State of ``decoupled``: the step count (for the learning-rate schedule) and the inner state."""
+  count: jax.Array
+  inner: optax.OptState
+
+
+def decoupled(term: optax.GradientTransformation,
+              learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
+  r"""Applies a gradient-side ``term`` after the optimizer, scaled by -learning_rate.
+
+  updates <- updates - lr(step) * term(0)
+
+  where term(0) is what ``term`` would add to an all-zero gradient (e.g. lambda * dR/dw
+  for ``w_regularization``). Chained *after* the optimizer's scaling and learning rate,
+  the step of the term is -lr(step) * lambda * dR/dw whatever Adam's per-element
+  statistics, as AdamW decouples weight decay (Loshchilov & Hutter, ICLR 2019). The two
+  placements of the method-1 terms (docs/METHODS.md, "Method 1"):
+
+    "gradient":  optax.chain(w_regularization(lam), optax.adam(lr))
+    "decoupled": optax.chain(optax.adam(lr), decoupled(w_regularization(lam), lr))
+
+  >>> import jax.numpy as jnp, optax
+  >>> w = jnp.array([0.5, -2.0])
+  >>> tx = decoupled(w_regularization(1.0, target=1.0, mask=None), 0.1)
+  >>> tx.update(jnp.zeros(2), tx.init(w), w)[0]  # -0.1 dR/dw: both move toward +-1
+  Array([0.05, 0.1 ], dtype=float32)
+  """
+
+  def init_fn(params):
+    return DecoupledState(count=jnp.zeros([], jnp.int32), inner=term.init(params))
+
+  def update_fn(updates, state, params=None):
+    added, inner = term.update(jax.tree.map(jnp.zeros_like, updates), state.inner, params)
+    lr = _value(learning_rate, state.count)
+    updates = jax.tree.map(lambda u, a: u - (lr * a).astype(u.dtype), updates, added)
+    return updates, DecoupledState(count=optax.safe_int32_increment(state.count), inner=inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def delayed_ramp(strength: float, start_steps: int, ramp_steps: int) -> ScalarOrSchedule:
+  """0 for ``start_steps``, then linear 0 -> strength over ``ramp_steps`` (a float if both 0)."""
+  if start_steps <= 0 and ramp_steps <= 0:
+    return strength
+  return optax.join_schedules(
+      [optax.constant_schedule(0.0), optax.linear_schedule(0.0, strength, max(ramp_steps, 1))],
+      [max(start_steps, 0)])
+
+
 # --- optimizer from a config ------------------------------------------------------------
 
 
@@ -337,6 +390,8 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.w_reg.power = 2                 # p in {1, 2}
   o.w_reg.target = ml_collections.FieldReference(1.0, field_type=object)  # float | "mean_abs"
   o.w_reg.ramp_epochs = 0.0         # linear ramp 0 -> strength over these epochs; 0 = constant
+  o.w_reg.start_epochs = 0.0        # off before this (a late start), then the ramp
+  o.w_reg.placement = "gradient"    # gradient (added before the optimizer) | decoupled (after, x lr)
 
   o.cosine_momentum = ml_collections.ConfigDict()
   o.cosine_momentum.enabled = False
@@ -345,6 +400,8 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.cosine_momentum.width = 0.5      # D
   o.cosine_momentum.target = ml_collections.FieldReference(1.0, field_type=object)
   o.cosine_momentum.ramp_epochs = 0.0  # linear ramp 0 -> strength over these epochs; 0 = constant
+  o.cosine_momentum.start_epochs = 0.0  # off before this, then the ramp
+  o.cosine_momentum.placement = "gradient"  # gradient | decoupled
   return o
 
 
@@ -383,12 +440,15 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
     1. ``optax.adaptive_grad_clip(agc_clip)`` if agc_clip > 0 -- first, so it clips
        only the task gradient, never the regularizer terms added next;
     2. gradient-side terms, each added to the gradient: ``w_regularization``
-       and ``variant_cosine_momentum`` (each strength ramped linearly from 0 over its
+       and ``variant_cosine_momentum`` where their ``placement`` is "gradient" (each
+       strength off for ``start_epochs``, then ramped linearly from 0 over its
        ``ramp_epochs``), L2 ``binary_weight_decay`` on ``binary_kernel``,
        and for adam/sgd L2 ``weight_decay`` on real ``kernel`` leaves;
     3. the optax alias: ``optax.adam``, ``optax.adamw`` (its decoupled decay, scaled
        by the learning rate as in AdamW, on real ``kernel`` leaves only) or
-       ``optax.sgd`` (momentum, nesterov) -- the base scaling then the learning rate.
+       ``optax.sgd`` (momentum, nesterov) -- the base scaling then the learning rate;
+    4. the method-1 terms whose ``placement`` is "decoupled", each wrapped in
+       ``decoupled(term, lr)``: their step is -lr(step) * strength * term.
   Weight decay never touches ``binary_kernel`` (that is ``binary_weight_decay``).
 
   Returns:
@@ -411,20 +471,28 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   _check_name("optim.name", o.name, OPTIMIZERS)
   lr = learning_rate_schedule(o, config.num_epochs, steps_per_epoch)
 
-  parts = []
+  parts, after = [], []
   if o.agc_clip > 0:
     parts.append(optax.adaptive_grad_clip(o.agc_clip))
-  def ramped(strength, ramp_epochs):
-    ramp = int(round(ramp_epochs * steps_per_epoch))
-    return optax.linear_schedule(0.0, strength, ramp) if ramp > 0 else strength
+
+  def place(term, section, name):
+    _check_name(f"optim.{name}.placement", section.placement, PLACEMENTS)
+    if section.placement == "decoupled":
+      after.append(decoupled(term, lr))
+    else:
+      parts.append(term)
+
+  def strength(section):
+    return delayed_ramp(section.strength, int(round(section.start_epochs * steps_per_epoch)),
+                        int(round(section.ramp_epochs * steps_per_epoch)))
 
   if o.w_reg.enabled:
-    parts.append(w_regularization(ramped(o.w_reg.strength, o.w_reg.ramp_epochs),
-                                  power=o.w_reg.power, target=o.w_reg.target))
+    place(w_regularization(strength(o.w_reg), power=o.w_reg.power, target=o.w_reg.target),
+          o.w_reg, "w_reg")
   if o.cosine_momentum.enabled:
     c = o.cosine_momentum
-    parts.append(variant_cosine_momentum(ramped(c.strength, c.ramp_epochs), decay=c.decay,
-                                         width=c.width, target=c.target))
+    place(variant_cosine_momentum(strength(c), decay=c.decay, width=c.width, target=c.target),
+          c, "cosine_momentum")
   if o.binary_weight_decay > 0:
     parts.append(optax.add_decayed_weights(o.binary_weight_decay, mask=binary_mask))
   if o.weight_decay > 0 and o.name != "adamw":
@@ -437,4 +505,5 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                              mask=real_kernel_mask))
   else:
     parts.append(optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+  parts += after
   return optax.chain(*parts), lr

@@ -24,9 +24,16 @@ The model is a short program: a list of ops over named registers (see
 ``OPS``) plus a dict of arrays, run by :class:`PackedModel`. The file is an
 uncompressed ``.npz`` (a zip of ``.npy`` arrays, each CRC-checked on read) with
 one extra member, ``__meta__``, the UTF-8 JSON metadata: format name and
-version, model name, width, classes, input normalization, the ops, and the
-list of arrays. :func:`load_packed` refuses another format version or a
+version, model name, width, classes, options, input normalization, the ops, and
+the list of arrays. :func:`load_packed` refuses an unknown format version or a
 damaged file with :class:`PackedModelError`, naming the path and the fix.
+
+Format versions. 2 (written now) adds the per-sample ops of the method-2 (``*_fda``)
+networks: ``fda_sign`` (per-sample mean-variance adjustment and zero point, then the
+sign: :func:`fda_presign`), ``excite`` (grouped squeeze-and-excitation:
+:func:`group_excitation`), and a second input of ``affine``/``bconv``, a per-sample,
+per-channel gate that multiplies the scaled output. Version 1 files (the plain BNNs)
+use a subset of version 2 with the same meaning and are still read.
 
 >>> import numpy as np
 >>> x = np.array([[1., -1., 1., 1.]]); w = np.array([[1.], [1.], [-1.], [1.]])
@@ -50,7 +57,8 @@ import numpy as np
 from jax import lax
 
 FORMAT = "bnn_jax.packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # version 1 is a subset of version 2 (no fda_sign/excite/gates)
 META_KEY = "__meta__"
 WORD_BITS = 32
 
@@ -179,6 +187,55 @@ def sign_bits(x: Array, threshold: Array, flip: Array) -> Array:
   return pack_bits(neg)
 
 
+def fda_presign(x: Array, axes: Sequence[int] = (1, 2), eps: float = 1e-5,
+                gamma: Optional[Array] = None, beta: Optional[Array] = None,
+                theta: Optional[Array] = None, theta_dyn: Optional[Array] = None) -> Array:
+  """u = x' - theta_c - theta_dyn, the real value a method-2 sign (``FDASign``) thresholds at 0.
+
+  x' = gamma_c (x - mu) / sqrt(var + eps) + beta_c with mu and the biased var per sample
+  over ``axes`` ((1, 2): per sample and channel over H, W, "hw"; (1, 2, 3): per sample,
+  "chw") when ``gamma`` is given, else x' = x. ``theta`` [C] is the zero point,
+  ``theta_dyn`` [B, 1, 1, C] the dynamic threshold. Equivalently bit (-1) where
+  x < mu + sqrt(var + eps) (theta_c + theta_dyn - beta_c) / gamma_c (> for gamma_c < 0):
+  a per-sample, per-channel threshold on the real input. Computed in float32 in the float
+  model's order (``distribution.MeanVarianceAdjust`` then ``ZeroPointSign``), so the bits
+  agree with it up to the rounding of the statistics.
+  """
+  u = x.astype(jnp.float32)
+  if gamma is not None:
+    axes = tuple(axes)
+    mu = jnp.mean(u, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(u - mu), axis=axes, keepdims=True)
+    u = gamma * ((u - mu) * lax.rsqrt(var + eps)) + beta
+  if theta is not None:
+    u = u - theta
+  if theta_dyn is not None:
+    u = u - theta_dyn
+  return u
+
+
+def group_excitation(x: Array, w1: Array, b1: Array, w2: Array, b2: Array, mode: str = "scale",
+                     bound: Optional[Array] = None) -> Array:
+  """Grouped squeeze-and-excitation (``distribution.GroupExcitation``): [B, H, W, C_in] -> [B, 1, 1, C_out].
+
+  s = mean over H, W of x, split into G = w1.shape[0] contiguous groups; per group
+  z_g = relu(s_g @ w1[g] + b1[g]) @ w2[g] + b2[g]; out = sigmoid(z) ("scale") or
+  tanh(z) * bound ("offset"). w1 [G, C_in/G, hidden], w2 [G, hidden, C_out/G].
+  """
+  s = jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, x.ndim - 1)))
+  g = w1.shape[0]
+  s = s.reshape(s.shape[0], g, s.shape[-1] // g)
+  h = jax.nn.relu(jnp.einsum("bgi,gio->bgo", s, w1) + b1)
+  z = (jnp.einsum("bgi,gio->bgo", h, w2) + b2).reshape(s.shape[0], -1)
+  if mode == "scale":
+    out = jax.nn.sigmoid(z)
+  elif mode == "offset":
+    out = jnp.tanh(z) * bound
+  else:
+    raise ValueError(f"Unknown excitation mode {mode!r} (scale, offset).")
+  return out.reshape((s.shape[0],) + (1,) * (x.ndim - 2) + (out.shape[-1],))
+
+
 # --- the program -----------------------------------------------------------------------
 
 
@@ -197,13 +254,31 @@ def _pool(x, kind: str, window: int):
   return lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, dims, "VALID") / (window ** 2)
 
 
-def _affine(x, scale, bias):
+def _affine(x, scale, bias, gate=None):
+  """x * scale [* gate] + bias in float32 (gate: a per-sample, per-channel [B, 1, 1, C])."""
   y = x.astype(jnp.float32)
   if scale is not None:
     y = y * scale
+  if gate is not None:
+    y = y * gate
   if bias is not None:
     y = y + bias
   return y
+
+
+def _inputs(op: dict, env: dict) -> list:
+  names = op["in"]
+  return [env[names]] if isinstance(names, str) else [env[name] for name in names]
+
+
+def _sign_input(op: dict, env: dict, p: Callable[[Optional[str]], Any]):
+  """(value, threshold) of a sign op: its bits are -1 where value < threshold (> if flipped)."""
+  if op["op"] == "sign":
+    return env[op["in"]].astype(jnp.float32), p(op["threshold"])
+  ins = _inputs(op, env)
+  u = fda_presign(ins[0], op.get("axes", (1, 2)), op.get("eps", 1e-5), p(op.get("gamma")),
+                  p(op.get("beta")), p(op.get("theta")), ins[1] if len(ins) > 1 else None)
+  return u, jnp.zeros((), jnp.float32)
 
 
 def _run_op(op: dict, env: dict, p: Callable[[Optional[str]], Any]):
@@ -216,16 +291,23 @@ def _run_op(op: dict, env: dict, p: Callable[[Optional[str]], Any]):
     return y if op.get("b") is None else y + p(op["b"])
   if kind == "sign":
     return sign_bits(x, p(op["threshold"]), p(op["flip"]))
-  if kind == "bconv":
-    y = binary_conv(x, p(op["w"]), op["k"], op["strides"], op["pads"])
-    return y if op.get("scale") is None and op.get("bias") is None else \
-        _affine(y, p(op.get("scale")), p(op.get("bias")))
-  if kind == "bdense":
-    y = binary_dense(x, p(op["w"]), op["k"])
-    return y if op.get("scale") is None and op.get("bias") is None else \
-        _affine(y, p(op.get("scale")), p(op.get("bias")))
-  if kind == "affine":
-    return _affine(x, p(op.get("scale")), p(op.get("bias")))
+  if kind == "fda_sign":
+    u, _ = _sign_input(op, env, p)
+    return pack_bits(u < 0)
+  if kind == "excite":
+    return group_excitation(x, p(op["w1"]), p(op["b1"]), p(op["w2"]), p(op["b2"]),
+                            op.get("mode", "scale"), p(op.get("bound")))
+  if kind in ("bconv", "bdense", "affine"):
+    ins = _inputs(op, env)   # [x] or [x, gate]
+    gate = ins[1] if len(ins) > 1 else None
+    y = ins[0]
+    if kind == "bconv":
+      y = binary_conv(y, p(op["w"]), op["k"], op["strides"], op["pads"])
+    elif kind == "bdense":
+      y = binary_dense(y, p(op["w"]), op["k"])
+    if kind != "affine" and op.get("scale") is None and op.get("bias") is None and gate is None:
+      return y
+    return _affine(y, p(op.get("scale")), p(op.get("bias")), gate)
   if kind == "add":
     a, b = (env[name] for name in op["in"])
     coef = op.get("coef", 1.0)
@@ -248,8 +330,11 @@ def _run_op(op: dict, env: dict, p: Callable[[Optional[str]], Any]):
   raise ValueError(f"Unknown op {kind!r}")
 
 
-OPS = ("normalize", "conv", "sign", "bconv", "bdense", "affine", "add", "rprelu", "hardtanh",
-       "pool", "mean_hw", "flatten", "dense")
+OPS = ("normalize", "conv", "sign", "fda_sign", "excite", "bconv", "bdense", "affine", "add",
+       "rprelu", "hardtanh", "pool", "mean_hw", "flatten", "dense")
+OPS_V1 = ("normalize", "conv", "sign", "bconv", "bdense", "affine", "add", "rprelu", "hardtanh",
+          "pool", "mean_hw", "flatten", "dense")
+SIGN_OPS = ("sign", "fda_sign")
 
 
 def run_program(ops: Sequence[dict], arrays: dict, images: Array, output: str = "logits",
@@ -257,10 +342,10 @@ def run_program(ops: Sequence[dict], arrays: dict, images: Array, output: str = 
   """Runs ``ops`` on ``images`` (register "input"); returns register ``output``.
 
   With ``margins``, returns ``(output, margin)``: per image the smallest distance
-  |x - t| of any input of a sign op to its threshold (in that op's input units;
-  +inf if none), i.e. how close the image came to a different bit somewhere. A
-  float implementation of the same network (other summation order) can
-  disagree only where this is within its rounding error.
+  |x - t| of any input of a sign op to its threshold (in that op's input units; for
+  ``fda_sign`` |u| of :func:`fda_presign`; +inf if none), i.e. how close the image
+  came to a different bit somewhere. A float implementation of the same network
+  (other summation order) can disagree only where this is within its rounding error.
   """
   env = {"input": images}
   p = lambda name: None if name is None else arrays[name]
@@ -271,8 +356,8 @@ def run_program(ops: Sequence[dict], arrays: dict, images: Array, output: str = 
   one = jnp.minimum(images.reshape(-1)[0].astype(jnp.int32), 0) + 1  # 1, unknown to XLA
   margin = jnp.full((images.shape[0],), jnp.inf, jnp.float32)
   for op in ops:
-    if margins and op["op"] == "sign":
-      x, t = env[op["in"]].astype(jnp.float32), p(op["threshold"])
+    if margins and op["op"] in SIGN_OPS:
+      x, t = _sign_input(op, env, p)
       dist = jnp.where(jnp.isfinite(t), jnp.abs(x - t), jnp.inf)
       margin = jnp.minimum(margin, jnp.min(dist.reshape(dist.shape[0], -1), axis=1))
     out = _run_op(op, env, p)
@@ -450,15 +535,17 @@ def _check_meta(path: str, meta: Any) -> None:
                                  f"{meta.get('format') if isinstance(meta, dict) else None!r}, "
                                  f"expected {FORMAT!r}); {_REEXPORT}.")
   version = meta.get("format_version")
-  if version != FORMAT_VERSION:
+  if version not in READABLE_VERSIONS:
     raise PackedModelError(
-        path, f"format version {version!r}, but this bnn_jax reads version {FORMAT_VERSION}; "
-              f"load it with the bnn_jax version that wrote it (bnn_jax "
-              f"{meta.get('bnn_jax_version', '?')}), or {_REEXPORT}.")
+        path, f"format version {version!r}, but this bnn_jax reads version {FORMAT_VERSION} "
+              f"(and the older {', '.join(map(str, READABLE_VERSIONS[:-1]))}); load it with the "
+              f"bnn_jax version that wrote it (bnn_jax {meta.get('bnn_jax_version', '?')}), or "
+              f"{_REEXPORT}.")
   for key in ("ops", "arrays"):
     if key not in meta:
       raise PackedModelError(path, f"metadata lacks {key!r}: the file is damaged; {_REEXPORT}.")
-  unknown = sorted({op.get("op") for op in meta["ops"]} - set(OPS))
+  known = OPS_V1 if version == 1 else OPS
+  unknown = sorted({op.get("op") for op in meta["ops"]} - set(known))
   if unknown:
     raise PackedModelError(path, f"uses ops {unknown} this runtime does not know; load it with "
                                  f"a newer bnn_jax or {_REEXPORT}.")

@@ -1,11 +1,13 @@
-"""Data-parallel training with ``jax.pmap``: state, steps, and the epoch loop.
+"""Data-parallel training with ``jax.pmap``: state, the step, and the epoch loop.
 
-Data flow: config -> data (uint8 CIFAR kept on every device) + model + optimizer
--> ``train_step`` (pmapped; gathers its batch by index, augments on device,
-averages gradients and metrics with ``lax.pmean``) -> per-epoch evaluation
-(BatchNorm statistics averaged across devices first) -> metrics.jsonl,
-TensorBoard, orbax checkpoints. A rerun with the same workdir resumes from the
-latest checkpoint; SIGTERM / Ctrl-C saves first.
+Data flow: config -> data (uint8 CIFAR kept on every device) + model (``models.from_config``)
++ optimizer + objective (``objectives.from_config``) [+ frozen teacher] -> the train step
+made by ``make_train_step(objective)`` (pmapped; gathers its batch by index, augments on
+device, averages gradients and metrics with ``lax.pmean`` and adds the metrics to the
+epoch's running sums on device) -> per-epoch evaluation (BatchNorm statistics averaged
+across devices first), weight statistics and activation balance -> metrics.jsonl,
+TensorBoard, orbax checkpoints. A rerun with the same workdir resumes from the latest
+checkpoint; SIGTERM / Ctrl-C saves first.
 
 Randomness is a pure function of (seed, step) for augmentation and (seed, epoch)
 for the data order, so a resumed run equals an uninterrupted one.
@@ -13,9 +15,12 @@ for the data order, so a resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -29,10 +34,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnn_jax import checkpoints, data, models, optim, weight_stats
+from bnn_jax import checkpoints, data, losses, models, objectives, optim, weight_stats
 from bnn_jax import config as config_lib
+from bnn_jax import teacher as teacher_lib
 
 PyTree = Any
+AXIS = "batch"  # the pmap axis name of every step
 
 
 @flax.struct.dataclass
@@ -52,22 +59,23 @@ class TrainState:
     return self.replace(step=saved["step"], params=saved["params"],
                         batch_stats=saved["batch_stats"], opt_state=saved["opt_state"])
 
+  def variables(self, params=None) -> dict:
+    v = {"params": self.params if params is None else params}
+    if self.batch_stats:
+      v["batch_stats"] = self.batch_stats
+    return v
+
 
 # --- building blocks ---------------------------------------------------------------
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  kwargs = {"num_classes": num_classes, "width": config.model.width,
-            "dtype": jnp.dtype(config.model.dtype)}
-  if not config.model.binarize_weights:
-    kwargs["binarize_weights"] = False
-  if config.model.sync_batch_norm:
-    kwargs["bn_axis_name"] = "batch"  # the pmap axis of train_step
-  return models.get_model(config.model.name, **kwargs)
+  """``models.from_config`` with synchronized BN over the step's pmap axis when configured."""
+  return models.from_config(config.model, num_classes,
+                            bn_axis_name=AXIS if config.model.sync_batch_norm else None)
 
 
-def create_state(config, model: nn.Module, tx: optax.GradientTransformation,
-                 rng: jax.Array) -> TrainState:
+def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   variables = jax.jit(functools.partial(model.init, train=False))(
       rng, jnp.zeros((1, 32, 32, 3), jnp.float32))
   params = variables["params"]
@@ -76,65 +84,120 @@ def create_state(config, model: nn.Module, tx: optax.GradientTransformation,
                     apply_fn=model.apply, tx=tx)
 
 
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-      if label_smoothing else jax.nn.one_hot(labels, num_classes)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def _variables(state: TrainState, params=None) -> dict:
-  v = {"params": state.params if params is None else params}
-  if state.batch_stats:
-    v["batch_stats"] = state.batch_stats
-  return v
-
-
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, indices: jax.Array,
-               rng: jax.Array, *, mean, std, augment: bool, num_classes: int,
-               label_smoothing: float, axis_name: str = "batch"):
-  """One pmapped SGD step on this device's ``indices`` into the device-resident data.
-
-  Returns (state, metrics) with metrics averaged over devices.
-  """
+def training_batch(images, labels, indices, rng, *, mean, std, augment: bool):
+  """This device's batch: gathered by index, augmented (one key per (step, index)), normalized."""
   x = images[indices]
   if augment:  # one key per (step, dataset index): the same on any number of devices
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
     x = data.augment_each(keys, x)
-  x = data.normalize(x, mean, std)
-  y = labels[indices]
+  return data.normalize(x, mean, std), labels[indices]
 
-  def loss_fn(params):
-    variables = _variables(state, params)
-    if state.batch_stats:
-      logits, new_vars = state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
-    else:  # BN-free: nothing to update (mutable=[] would still return a (logits, {}) pair)
-      logits, new_vars = state.apply_fn(variables, x, train=True), {}
-    loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
-    return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, axis_name)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-  metrics = jax.lax.pmean(metrics, axis_name)
-  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                       opt_state=opt_state), metrics
+def make_update(objective: objectives.Objective, axis_name: Optional[str] = AXIS):
+  """``update(state, sums, x, y, teacher=None) -> (state, sums, metrics)`` on a ready batch.
+
+  The forward pass (BatchNorm in train mode; intermediates collected only when the
+  objective needs them, so the plain update is the plain forward/backward), the
+  objective, the gradient (averaged over ``axis_name`` under pmap; None for one device),
+  ``tx.update`` and ``optax.apply_updates``. The objective's metrics are averaged likewise
+  and added to ``sums`` (the epoch's running sums, kept on device; a key missing from
+  ``sums`` starts at the metric). ``teacher`` (a ``teacher.Teacher``) runs in eval mode
+  under ``stop_gradient``.
+  """
+  mean_over_devices = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
+
+  def update(state: TrainState, sums: dict, x, y, teacher=None):
+    t_logits = t_features = None
+    if objective.needs_teacher:
+      t_logits, t_features = teacher(x)
+    mutable = (["batch_stats"] if state.batch_stats else []) + \
+        (["intermediates"] if objective.needs_features else [])
+
+    def loss_fn(params):
+      if mutable:
+        logits, new_vars = state.apply_fn(state.variables(params), x, train=True, mutable=mutable)
+      else:  # BN-free and no features (mutable=[] would still return a (logits, {}) pair)
+        logits, new_vars = state.apply_fn(state.variables(params), x, train=True), {}
+      features = models.features(new_vars["intermediates"]) if objective.needs_features else None
+      loss, metrics = objective.loss_fn(objectives.StepOutputs(logits, y, features, t_logits,
+                                                               t_features))
+      return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
+
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = mean_over_devices(grads)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = mean_over_devices(metrics)
+    sums = {k: sums[k] + v if k in sums else v for k, v in metrics.items()}
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), sums, metrics
+
+  return update
+
+
+def make_train_step(objective: objectives.Objective, *, mean, std, augment: bool,
+                    axis_name: str = AXIS):
+  """The pmapped training step for ``objective`` (an ``objectives.Objective``).
+
+  ``train_step(state, sums, images, labels, indices, rng, teacher=None)`` -> ``(state, sums,
+  metrics)``: :func:`training_batch` (this device's ``indices`` into the device-resident
+  data) then :func:`make_update`'s update.
+  """
+  update = make_update(objective, axis_name)
+
+  def train_step(state: TrainState, sums: dict, images, labels, indices, rng, teacher=None):
+    x, y = training_batch(images, labels, indices, rng, mean=mean, std=std, augment=augment)
+    return update(state, sums, x, y, teacher)
+
+  return train_step
 
 
 def eval_step(state: TrainState, images, labels, indices, mask, *, mean, std, num_classes: int,
-              axis_name: str = "batch"):
+              axis_name: str = AXIS):
   """Summed loss, correct count and example count of a masked batch, summed over devices."""
   x = data.normalize(images[indices], mean, std)
   y = labels[indices]
-  logits = state.apply_fn(_variables(state), x, train=False)
+  logits = state.apply_fn(state.variables(), x, train=False)
   w = mask.astype(jnp.float32)
-  sums = {"loss": jnp.sum(cross_entropy(logits, y, num_classes) * w),
+  sums = {"loss": jnp.sum(losses.cross_entropy(logits, y, num_classes) * w),
           "correct": jnp.sum((jnp.argmax(logits, -1) == y) * w), "count": jnp.sum(w)}
   return jax.lax.psum(sums, axis_name)
 
 
-def sync_batch_stats(state: TrainState, axis_name: str = "batch") -> TrainState:
+def balance_step(state: TrainState, images, indices, *, mean, std, axis_name: str = AXIS):
+  """Fraction of +1 out of every activation sign on this batch, averaged over devices.
+
+  The sign outputs +1 where its (sown) real input is >= 0 (sign(0) = +1). Returns
+  ``{sign module path: p_plus}``; {} for a model without binary activations.
+  """
+  x = data.normalize(images[indices], mean, std)
+  _, state_out = state.apply_fn(state.variables(), x, train=False, mutable=["intermediates"])
+  presign = models.features(state_out["intermediates"])["presign"]
+  p = {k: jnp.mean((v >= 0).astype(jnp.float32)) for k, v in presign.items()}
+  return jax.lax.pmean(p, axis_name)
+
+
+def bit_entropy(p: float) -> float:
+  """H(p) = -p log2 p - (1-p) log2(1-p) in bits (0 at p in {0, 1}, 1 at p = 1/2)."""
+  return -sum(q * math.log2(q) for q in (p, 1.0 - p) if q > 0)
+
+
+def balance_record(p_plus: dict) -> dict:
+  """metrics.jsonl keys ``balance/<layer>/{p_plus,entropy}`` and ``balance/overall/...``
+  (the mean over layers) from ``{layer: p_plus}``."""
+  if not p_plus:
+    return {}
+  record = {}
+  for layer, p in p_plus.items():
+    record[f"balance/{layer}/p_plus"] = float(p)
+    record[f"balance/{layer}/entropy"] = bit_entropy(float(p))
+  record["balance/overall/p_plus"] = float(np.mean([float(p) for p in p_plus.values()]))
+  record["balance/overall/entropy"] = float(np.mean([bit_entropy(float(p))
+                                                     for p in p_plus.values()]))
+  return record
+
+
+def sync_batch_stats(state: TrainState, axis_name: str = AXIS) -> TrainState:
   """Averages BatchNorm running statistics across devices (pmapped)."""
   return state.replace(batch_stats=jax.lax.pmean(state.batch_stats, axis_name))
 
@@ -175,18 +238,6 @@ def local_devices(num_devices: int) -> list:
   if num_devices and jax.process_count() > 1:
     raise ValueError("--config.num_devices must be 0 (all devices) in a multi-process run.")
   return available[:num_devices] if num_devices else available
-
-
-def check_batch(global_batch: int, num_local_devices: int) -> int:
-  """Per-device batch; a clear error when the global batch does not divide over the devices."""
-  devices = num_local_devices * jax.process_count()
-  if global_batch % devices:
-    lower = global_batch - global_batch % devices
-    raise ValueError(
-        f"--config.batch_size={global_batch} does not divide over {devices} devices "
-        f"({jax.process_count()} process(es) x {num_local_devices} local); use a multiple "
-        f"of {devices}, e.g. --config.batch_size={max(lower, devices)} or {lower + devices}.")
-  return global_batch // devices
 
 
 class _StopRequest:
@@ -275,40 +326,77 @@ def load_init_from(path: str, state: TrainState) -> TrainState:
   return state.replace(params=params, batch_stats=batch_stats, opt_state=state.tx.init(params))
 
 
-# --- the loop ----------------------------------------------------------------------------
+# --- setup ---------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per ``config``, writing logs and checkpoints to ``workdir``; returns the last epoch's metrics."""
-  config_lib.validate(config)
+@dataclasses.dataclass
+class Run:
+  """Everything the epoch loop needs, built once by :func:`setup`."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  devices: list
+  ds: Any
+  steps_per_epoch: int
+  lr_schedule: optax.Schedule
+  state: TrainState                  # replicated
+  start_step: int
+  meta: dict                         # of the checkpoint resumed from ({} when none)
+  p_train: Callable
+  p_eval: Callable
+  p_sync: Callable
+  p_balance: Callable
+  train_data: tuple                  # replicated uint8 images, labels
+  test_data: tuple
+  balance_indices: np.ndarray        # [devices, per-device] fixed test images for the balance
+  teacher: Optional[teacher_lib.Teacher]  # replicated; never donated or saved
+  zero_sums: dict                    # host zeros with the step's metric keys
+  ckpt: checkpoints.Checkpointer
+  writer: "_Writer"
+  is_chief: bool
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.ExitStack) -> Run:
+  """Builds data, model, optimizer, objective, teacher, steps and resumes; registers every
+  resource it opens on ``stack`` so it is closed on every exit path."""
   maybe_initialize_distributed()
   is_chief = jax.process_index() == 0
   devices = local_devices(config.num_devices)
-  check_batch(config.batch_size, len(devices))
+  n_dev = len(devices)
+  per_device = data.check_batch(config.batch_size, n_dev, jax.process_index(),
+                                jax.process_count())
   os.makedirs(workdir, exist_ok=True)
 
   ds = data.load_dataset(config.data)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.num_classes = ds.num_classes
-  if is_chief:
-    write_config(config, workdir)
-
-  n_dev = len(devices)
   n_train = len(ds.train_labels)
   steps_per_epoch = data.steps_per_epoch(n_train, config.batch_size)
   if steps_per_epoch == 0:
     raise ValueError(f"The training set ({n_train} images) is smaller than one global batch "
                      f"({config.batch_size}); lower --config.batch_size.")
-  total_steps = steps_per_epoch * config.num_epochs
 
   model = build_model(config, ds.num_classes)
+  teacher, taps = None, ()
+  if config.teacher.workdir:
+    teacher, teacher_model = teacher_lib.load(config.teacher, config.data.dataset)
+    if config.distill.detail_weight:
+      taps = objectives.pair_taps(_feature_shapes(model, per_device),
+                                  _feature_shapes(teacher_model, per_device),
+                                  objectives.tap_names(config.distill.detail_taps))
+  objective = objectives.from_config(config, ds.num_classes, taps)
+  if objective.needs_teacher and teacher is None:
+    raise ValueError("The distillation terms need --config.teacher.workdir.")
   tx, lr_schedule = optim.build_optimizer(config, steps_per_epoch)
-  state = create_state(config, model, tx, jax.random.key(config.seed))
+  state = create_state(model, tx, jax.random.key(config.seed))
 
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, checkpoints.CHECKPOINT_DIR),
                                   keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best)
+  stack.callback(ckpt.close)
   writer = _Writer(workdir, is_chief)
+  stack.callback(writer.close)
+  if is_chief:
+    write_config(config, workdir)
   meta = {}
   if ckpt.latest_step() is not None:
     saved, meta = ckpt.restore(target=jax.tree.map(np.asarray, state.to_saveable()))
@@ -321,75 +409,144 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Device-resident uint8 data: the host feeds only indices.
   put = functools.partial(replicate, devices=devices)
-  train_images, train_labels = put(ds.train_images), put(ds.train_labels)
-  test_images, test_labels = put(ds.test_images), put(ds.test_labels)
   mean, std = tuple(ds.mean), tuple(ds.std)
-  pmap = functools.partial(jax.pmap, axis_name="batch", devices=devices)
-  p_train = pmap(functools.partial(
-      train_step, mean=mean, std=std, augment=config.data.augment, num_classes=ds.num_classes,
-      label_smoothing=config.label_smoothing), donate_argnums=(0,), in_axes=(0, 0, 0, 0, None))
-  p_eval = pmap(functools.partial(eval_step, mean=mean, std=std, num_classes=ds.num_classes))
-  p_sync = pmap(sync_batch_stats)
+  pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=devices)
+  step = make_train_step(objective, mean=mean, std=std, augment=config.data.augment)
+  if teacher is None:
+    p_train = pmap(lambda *a: step(*a), donate_argnums=(0, 1), in_axes=(0, 0, 0, 0, 0, None))
+  else:
+    p_train = pmap(step, donate_argnums=(0, 1), in_axes=(0, 0, 0, 0, 0, None, 0))
+    teacher = put(teacher)
   state = put(state)
-  base_rng = jax.random.key(config.seed + 1)
+  train_data = (put(ds.train_images), put(ds.train_labels))
+  zero_sums = _metric_zeros(step, state, train_data, per_device, teacher)
+  n_balance = min(len(ds.test_labels), max(per_device * n_dev, 256 // n_dev * n_dev))
+  return Run(
+      config=config, workdir=workdir, devices=devices, ds=ds, steps_per_epoch=steps_per_epoch,
+      lr_schedule=lr_schedule, state=state, start_step=start_step, meta=meta, p_train=p_train,
+      p_eval=pmap(functools.partial(eval_step, mean=mean, std=std, num_classes=ds.num_classes)),
+      p_sync=pmap(sync_batch_stats),
+      p_balance=pmap(functools.partial(balance_step, mean=mean, std=std)),
+      train_data=train_data, test_data=(put(ds.test_images), put(ds.test_labels)),
+      balance_indices=np.arange(n_balance // n_dev * n_dev, dtype=np.int32).reshape(n_dev, -1),
+      teacher=teacher, zero_sums=zero_sums, ckpt=ckpt, writer=writer, is_chief=is_chief)
 
+
+def _feature_shapes(model: nn.Module, batch: int) -> dict:
+  """The features dict of ``model`` as shapes (nothing computed)."""
+  x = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  return jax.eval_shape(lambda v, x: models.apply_with_features(model, v, x)[1], variables, x)
+
+
+def _metric_zeros(step, state, train_data, per_device: int, teacher) -> dict:
+  """Zero float32 scalars with the metric keys ``step`` returns (found by shape evaluation)."""
+  idx = jax.ShapeDtypeStruct((1, per_device), jnp.int32)
+  vstep = jax.vmap(lambda st, im, lb, ix, t: step(st, {}, im, lb, ix, jax.random.key(0), t),
+                   axis_name=AXIS)
+  one = lambda tree: jax.tree.map(lambda v: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype), tree)
+  _, sums, _ = jax.eval_shape(vstep, one(state), one(train_data[0]), one(train_data[1]), idx,
+                              one(teacher) if teacher is not None else None)
+  return {k: np.zeros((), np.float32) for k in sums}
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per ``config``, writing logs and checkpoints to ``workdir``; returns the last
+  epoch's record (or, after a SIGTERM/Ctrl-C stop, the last complete epoch's)."""
+  config_lib.validate(config)
+  with contextlib.ExitStack() as stack:
+    run = setup(config, workdir, stack)
+    return _train_epochs(run)
+
+
+def _train_epochs(run: Run) -> dict:
+  config, spe = run.config, run.steps_per_epoch
+  n_train = len(run.ds.train_labels)
+  n_dev = len(run.devices)
+  state, record = run.state, {}
+  base_rng = jax.random.key(config.seed + 1)
   prev_params = None  # last epoch's params, for the flip ratio (none after a mid-epoch resume)
-  record = {}
+  teacher_args = () if run.teacher is None else (run.teacher,)
   with _StopRequest() as stop:
-    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    for epoch in range(run.start_step // spe, config.num_epochs):
       indices = data.train_batch_indices(config.seed, epoch, n_train, config.batch_size, n_dev,
                                          jax.process_index(), jax.process_count())
-      first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
-      sums = meta.get("partial_sums", {"loss": 0.0, "accuracy": 0.0, "steps": 0}) if first else \
-          {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+      first = run.start_step - epoch * spe if epoch == run.start_step // spe else 0
+      carried = _partial_sums(run.meta) if first else ({}, {})
       if prev_params is None and epoch > 0 and first == 0:
         prev_params = _host_params_if_binary(state)
-      bar = _progress(config, is_chief, epoch, steps_per_epoch, first)
+      bar = _progress(config, run.is_chief, epoch, spe, first)
+      sums = replicate(run.zero_sums, run.devices)  # donated to the step: a fresh copy
       t0 = time.time()
-      images_seen = 0
-      for i in range(first, steps_per_epoch):
-        step = epoch * steps_per_epoch + i
+      for i in range(first, spe):
+        step = epoch * spe + i
         rng = jax.random.fold_in(base_rng, step)
-        state, metrics = p_train(state, train_images, train_labels, indices[i], rng)
-        images_seen += config.batch_size
-        if (step + 1) % config.log_every_steps == 0 or i == steps_per_epoch - 1 or stop.requested:
-          m = jax.tree.map(lambda v: float(v[0]), metrics)
-          writer.scalars(step + 1, {"train/loss_step": m["loss"], "lr": float(lr_schedule(step))})
-          bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
-        sums = _accumulate(sums, metrics)
+        state, sums, metrics = run.p_train(state, sums, *run.train_data, indices[i], rng,
+                                           *teacher_args)
+        if (step + 1) % config.log_every_steps == 0 or i == spe - 1 or stop.requested:
+          m = {k: float(v[0]) for k, v in metrics.items()}
+          run.writer.scalars(step + 1, {**{f"train/{k}_step": v for k, v in m.items()},
+                                        "lr": float(run.lr_schedule(step))})
+          bar.set_postfix({k: f"{v:.3f}" for k, v in m.items()})
         bar.update(config.batch_size)
         if stop.requested:
           bar.close()
-          _save(ckpt, state, epoch, {"partial_sums": _floats(sums)}, None)
+          totals, counts = _merge_sums(carried, sums, i + 1 - first)
+          _save(run.ckpt, state, epoch, {"partial_sums": {"sums": totals, "counts": counts}}, None)
           logging.warning("Saved step %d after %s; rerun with the same --workdir to resume.",
                           step + 1, stop.requested)
-          writer.close()
-          ckpt.close()
           return record
       bar.close()
       elapsed = time.time() - t0
-      state = p_sync(state)
-      sums = _floats(sums)
-      record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                "train/loss": sums["loss"] / sums["steps"],
-                "train/accuracy": sums["accuracy"] / sums["steps"],
-                "lr": float(lr_schedule((epoch + 1) * steps_per_epoch - 1)),
-                "images_per_sec": images_seen / elapsed, "epoch_seconds": elapsed}
+      state = run.p_sync(state)
+      totals, counts = _merge_sums(carried, sums, spe - first)
+      record = {"epoch": epoch + 1, "step": (epoch + 1) * spe,
+                **{f"train/{k}": totals[k] / counts[k] for k in totals},
+                "lr": float(run.lr_schedule((epoch + 1) * spe - 1)),
+                "images_per_sec": (spe - first) * config.batch_size / elapsed,
+                "epoch_seconds": elapsed}
       if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-        record.update(evaluate(p_eval, state, test_images, test_labels, config.batch_size, n_dev))
+        record.update(evaluate(run.p_eval, state, *run.test_data, config.batch_size, n_dev))
+        record.update(balance_record(
+            {k: float(v[0]) for k, v in run.p_balance(state, run.test_data[0],
+                                                       run.balance_indices).items()}))
       host_binary = _host_params_if_binary(state)
       if host_binary:
         stats = weight_stats.latent_weight_stats(host_binary, target=config.weight_target,
                                                  prev_params=prev_params)
         record.update(weight_stats.flatten_stats(stats, "weights"))
       prev_params = host_binary
-      writer.epoch(record)
-      if is_chief:
+      run.writer.epoch(record)
+      if run.is_chief:
         logging.info("epoch %d: %s", epoch + 1, _summary_line(record))
-      _save(ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
-  writer.close()
-  ckpt.close()
+      _save(run.ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
   return record
+
+
+def _partial_sums(meta: dict) -> tuple[dict, dict]:
+  """(sums, counts) of a mid-epoch checkpoint; older ones stored {key: sum, "steps": n}."""
+  partial = meta.get("partial_sums", {})
+  if "sums" in partial:
+    return dict(partial["sums"]), {k: int(v) for k, v in partial["counts"].items()}
+  steps = int(partial.get("steps", 0))
+  sums = {k: float(v) for k, v in partial.items() if k != "steps"}
+  return sums, {k: steps for k in sums}
+
+
+def _merge_sums(carried: tuple[dict, dict], sums: dict, steps: int) -> tuple[dict, dict]:
+  """This session's device sums over ``steps`` steps plus the sums carried from a mid-epoch
+  checkpoint, per key: a key the checkpoint lacks (or only it has) counts its own steps."""
+  old_sums, old_counts = carried
+  totals = {k: float(v[0]) for k, v in sums.items()}
+  counts = {k: steps for k in totals}
+  for k, v in old_sums.items():
+    totals[k] = totals.get(k, 0.0) + v
+    counts[k] = counts.get(k, 0) + old_counts.get(k, 0)
+  return ({k: v for k, v in totals.items() if counts[k]},
+          {k: n for k, n in counts.items() if n})
 
 
 def evaluate(p_eval, state, images, labels, global_batch: int, n_dev: int) -> dict:
@@ -413,15 +570,6 @@ def _host_params_if_binary(state: TrainState) -> dict:
   """Host copy of the (unreplicated) params, or {} when the model has no binary kernels."""
   params = jax.tree.map(lambda v: np.asarray(v[0]), state.params)
   return params if any(jax.tree.leaves(optim.binary_mask(params))) else {}
-
-
-def _accumulate(sums: dict, metrics: dict) -> dict:
-  return {"loss": sums["loss"] + metrics["loss"][0], "accuracy": sums["accuracy"] + metrics["accuracy"][0],
-          "steps": sums["steps"] + 1}
-
-
-def _floats(sums: dict) -> dict:
-  return {k: float(v) for k, v in sums.items()}
 
 
 def _save(ckpt: checkpoints.Checkpointer, state: TrainState, epoch: int, meta: dict,

@@ -11,6 +11,10 @@ magnitude t and tolerance ``near``:
   tail_frac   fraction with |w| > t           (beyond the band: no task gradient through a clipped STE)
   zero_frac   fraction with w == 0 exactly
   flip_ratio  fraction whose sign changed since ``prev_params`` (sign(0) = +1), if given
+  quant_error e_q = ||w - alpha sign(w)||^2 / ||w||^2, alpha = mean|w| per output channel:
+              how far the latent weights are from what the binarizer turns them into
+              (0 when every weight of a channel sits at +-alpha; "overall" pools the sums)
+  alpha_tail_frac  fraction with |w| > alpha (the tail with respect to the binarizer's scale)
 
 Computed on the host in float64 NumPy; values are plain Python floats, ready for
 logging (``flatten_stats``). Used by the trainer's epoch log and ``bnn_jax.inspect``.
@@ -54,12 +58,31 @@ def _target(w: np.ndarray, target) -> np.ndarray | float:
   return float(target)
 
 
+def quantization_error(w: np.ndarray) -> float:
+  """e_q = ||w - alpha sign(w)||^2 / ||w||^2 with alpha = mean|w| per output channel (last axis).
+
+  >>> quantization_error(np.array([[0.5, -0.5], [-0.5, 0.5]]))  # every |w| = alpha
+  0.0
+  """
+  err, norm = _quant_sums(np.asarray(w, np.float64))
+  return err / norm if norm else 0.0
+
+
+def _quant_sums(w: np.ndarray) -> tuple[float, float]:
+  alpha = _target(w, MEAN_ABS)
+  binarized = alpha * np.where(w >= 0, 1.0, -1.0)
+  return float(np.sum((w - binarized) ** 2)), float(np.sum(w ** 2))
+
+
 def _counts(w: np.ndarray, t, near: float, prev: Optional[np.ndarray]) -> dict[str, float]:
   """Sums (not means) so layers can be pooled exactly into "overall"."""
   dist = np.abs(np.abs(w) - t)
+  sq_err, sq_norm = _quant_sums(w)
   c = {"n": float(w.size), "mean_abs": float(np.abs(w).sum()), "mean_dist": float(dist.sum()),
        "near_frac": float((dist <= near).sum()), "tail_frac": float((np.abs(w) > t).sum()),
-       "zero_frac": float((w == 0).sum())}
+       "zero_frac": float((w == 0).sum()),
+       "alpha_tail_frac": float((np.abs(w) > _target(w, MEAN_ABS)).sum()),
+       "sq_err": sq_err, "sq_norm": sq_norm}
   if prev is not None:
     c["flip_ratio"] = float(((w >= 0) != (prev >= 0)).sum())
   return c
@@ -67,7 +90,9 @@ def _counts(w: np.ndarray, t, near: float, prev: Optional[np.ndarray]) -> dict[s
 
 def _means(c: dict[str, float]) -> dict[str, float]:
   n = c["n"]
-  return {k: (v / n if n else 0.0) for k, v in c.items() if k != "n"}
+  out = {k: (v / n if n else 0.0) for k, v in c.items() if k not in ("n", "sq_err", "sq_norm")}
+  out["quant_error"] = c["sq_err"] / c["sq_norm"] if c["sq_norm"] else 0.0
+  return out
 
 
 def latent_weight_stats(params: Any, target: float | str = 1.0, prev_params: Any = None,

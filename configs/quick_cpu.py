@@ -7,12 +7,12 @@ Finishes in a few minutes on a 2-core CPU and reaches well above chance (10%)
 on the full 10,000-image test set; see docs/RESULTS.md for the measured figure.
 """
 
-from bnn_jax.config import base_config, lock
+from bnn_jax.config import base_config, lock, set_model
 
 
 def get_config():
   c = base_config()
-  c.model.name = "reactnet18"
+  set_model(c, "reactnet18")
   c.model.width = 0.25
   c.data.train_subset = 10_000
   c.batch_size = 128

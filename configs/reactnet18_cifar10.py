@@ -7,18 +7,29 @@ Options after a colon, comma-separated:
   wreg      + W-regularizer on the latent weights
   cosmom    + variant cosine momentum
   method1   = wreg,cosmom
+  fda       method 2: feature distribution adjustment (model reactnet18_fda, all components)
+  method3   method 3: detail + semantic distillation from a full-precision ResNet-18 teacher
+            (--config.teacher.workdir, default runs/r18_fp: train it first with
+            configs/resnet18_fp_cifar10.py)
   cifar100  CIFAR-100 instead of CIFAR-10
 
   python train.py --config configs/reactnet18_cifar10.py --workdir runs/r18 \
       --config.data.path=/data/cifar-10-binary.tar.gz
   python train.py --config configs/reactnet18_cifar10.py:bnfree,method1 --workdir runs/r18_nobn_m1
+  python train.py --config configs/resnet18_fp_cifar10.py --workdir runs/r18_fp   # teacher first
+  python train.py --config configs/reactnet18_cifar10.py:method3 --workdir runs/r18_m3
+
+Method 3 weights (our choice, docs/METHODS.md "Method 3"): lambda_semantic = 1 (KL at T = 1,
+as ReActNet's distributional loss, + cosine of the penultimate vectors), lambda_detail = 10
+on the attention maps of stages 1 and 2 (Real-to-Binary matches attention with ~30 over more
+taps; two shallow taps carry the "detail" of the method).
 
 256 epochs x 195 steps at batch 256. Expected (thesis): 93.68% with BN, 92.68% BN-free.
 """
 
-from bnn_jax.config import base_config, lock
+from bnn_jax.config import base_config, lock, set_model
 
-OPTIONS = ("step1", "step2", "bnfree", "wreg", "cosmom", "method1", "cifar100")
+OPTIONS = ("step1", "step2", "bnfree", "wreg", "cosmom", "method1", "fda", "method3", "cifar100")
 
 
 def get_config(options: str = ""):
@@ -27,9 +38,12 @@ def get_config(options: str = ""):
   if unknown:
     raise ValueError(f"Unknown option(s) {sorted(unknown)}; valid: {', '.join(OPTIONS)}.")
   c = base_config()
-  c.model.name = "reactnet18_bnfree" if "bnfree" in opts else "reactnet18"
+  if "fda" in opts and "bnfree" in opts:
+    raise ValueError("fda builds on the BN network (reactnet18); drop bnfree.")
+  name = "reactnet18_bnfree" if "bnfree" in opts else "reactnet18_fda" if "fda" in opts \
+      else "reactnet18"
+  set_model(c, name, binarize_weights="step1" not in opts)
   c.model.width = 1.0
-  c.model.binarize_weights = "step1" not in opts
   c.data.dataset = "cifar100" if "cifar100" in opts else "cifar10"
   c.data.augment = True                    # pad-4 crop + flip
   c.batch_size = 256
@@ -45,4 +59,19 @@ def get_config(options: str = ""):
     c.optim.agc_clip = 0.02                # "BNN - BN = ?": AGC 0.02-0.04
   c.optim.w_reg.enabled = bool(opts & {"wreg", "method1"})
   c.optim.cosine_momentum.enabled = bool(opts & {"cosmom", "method1"})
+  if "method3" in opts:
+    method3(c, teacher="runs/r18_fp_c100" if "cifar100" in opts else "runs/r18_fp")
   return lock(c)
+
+
+def method3(c, teacher: str) -> None:
+  """Method 3's terms against the full-precision teacher run in ``teacher``."""
+  c.teacher.workdir = teacher
+  c.teacher.checkpoint = "best"
+  c.distill.semantic_weight = 1.0
+  c.distill.kd_weight = 1.0
+  c.distill.cosine_weight = 1.0
+  c.distill.temperature = 1.0
+  c.distill.detail_weight = 10.0
+  c.distill.detail_kind = "attention"
+  c.distill.detail_taps = "stage1,stage2"

@@ -6,14 +6,14 @@ SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4, cosine to 0, 200 epochs, batc
   python train.py --config configs/resnet18_fp_cifar10.py --workdir runs/r18_fp
 """
 
-from bnn_jax.config import base_config, lock
+from bnn_jax.config import base_config, lock, set_model
 
 
 def get_config(options: str = ""):
   if options not in ("", "cifar100"):
     raise ValueError(f"Unknown option {options!r}; valid: cifar100.")
   c = base_config()
-  c.model.name = "resnet18_fp"
+  set_model(c, "resnet18_fp")
   c.data.dataset = "cifar100" if options == "cifar100" else "cifar10"
   c.batch_size = 128
   c.num_epochs = 200

@@ -38,7 +38,7 @@ def test_reactnet18_options(options):
   config_lib.validate(c)
   opts = set(options.split(","))
   assert c.model.name == ("reactnet18_bnfree" if "bnfree" in opts else "reactnet18")
-  assert c.model.binarize_weights == ("step1" not in opts)
+  assert c.model.options.binarize_weights == ("step1" not in opts)
   assert c.optim.w_reg.enabled == bool(opts & {"wreg", "method1"})
   assert c.optim.cosine_momentum.enabled == bool(opts & {"cosmom", "method1"})
   assert c.optim.agc_clip == (0.02 if "bnfree" in opts else 0.0)
@@ -58,7 +58,8 @@ def test_reactnet18_full_scale_recipe():
 def test_cifar100_wrappers_match_the_cifar10_files():
   for c10, c100 in (("reactnet18_cifar10.py", "reactnet18_cifar100.py"),
                     ("resnet18_fp_cifar10.py", "resnet18_fp_cifar100.py"),
-                    ("vgg_small_cifar10.py", "vgg_small_cifar100.py")):
+                    ("vgg_small_cifar10.py", "vgg_small_cifar100.py"),
+                    ("resnet18_cifar10.py", "resnet18_cifar100.py")):
     a, b = load(c10, "cifar100"), load(c100)
     assert b.data.dataset == "cifar100"
     assert a.to_dict() == b.to_dict(), (c10, c100)
@@ -77,3 +78,60 @@ def test_fp_teacher_recipe():
   assert (c.model.name, c.optim.name, c.optim.lr, c.optim.weight_decay) == ("resnet18_fp", "sgd", 0.1, 5e-4)
   v = load("vgg_small_cifar10.py", "fp")
   assert v.model.name == "vgg_small_fp" and v.optim.name == "sgd"
+
+
+@pytest.mark.parametrize("options,model,components", [
+    ("", "resnet18_bnn", None),
+    ("fda", "resnet18_fda", (True, True, True, True)),
+    ("fda,mv", "resnet18_fda", (True, False, False, False)),
+    ("fda,mv,zp", "resnet18_fda", (True, True, False, False)),
+    ("fda,ge", "resnet18_fda", (False, False, True, False)),
+    ("fda,cifar100", "resnet18_fda", (True, True, True, True))])
+def test_resnet18_method2_options(options, model, components):
+  c = load("resnet18_cifar10.py", options)
+  config_lib.validate(c)
+  assert c.model.name == model
+  if components:
+    o = c.model.options
+    assert (o.mean_variance, o.zero_point, o.excitation, o.refinement) == components
+  assert c.data.dataset == ("cifar100" if "cifar100" in options else "cifar10")
+  assert load("resnet18_cifar10.py", "fp").model.name == "resnet18_fp"
+  with pytest.raises(ValueError, match="need the fda option"):
+    load("resnet18_cifar10.py", "mv")
+
+
+def test_method2_and_method3_options_of_reactnet_and_vgg():
+  r = load("reactnet18_cifar10.py", "fda")
+  assert r.model.name == "reactnet18_fda" and r.model.options.excitation
+  v = load("vgg_small_cifar10.py", "fda")
+  assert v.model.name == "vgg_small_fda"
+  for name, teacher in (("reactnet18_cifar10.py", "runs/r18_fp"), ("vgg_small_cifar10.py", "runs/vgg_fp")):
+    c = load(name, "method3")
+    config_lib.validate(c)
+    assert c.teacher.workdir == teacher and c.distill.semantic_weight > 0 and c.distill.detail_weight > 0
+    assert load(name, "method3,cifar100").teacher.workdir == teacher + "_c100"
+
+
+def test_distillation_weights_without_a_teacher_are_an_error():
+  c = load("quick_cpu.py")
+  with c.unlocked():
+    c.distill.semantic_weight = 1.0
+  with pytest.raises(ValueError, match="need a teacher"):
+    config_lib.validate(c)
+
+
+def test_model_options_are_validated_against_the_model():
+  c = load("quick_cpu.py")
+  with c.unlocked():
+    c.model.name = "resnet18_fp"  # quick_cpu's options (binarize_weights) do not fit it
+  with pytest.raises(ValueError, match=r"config.model.options: Unknown option\(s\) "
+                                       r"'binarize_weights' for model 'resnet18_fp'"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), -1e-3, float("inf")])
+def test_non_finite_or_negative_learning_rate_is_refused(lr):
+  c = load("quick_cpu.py")
+  c.optim.lr = lr
+  with pytest.raises(ValueError, match=r"optim.lr=.* must be a finite number >= 0"):
+    config_lib.validate(c)

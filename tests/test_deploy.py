@@ -22,7 +22,9 @@ terms with rounding, and the folded scales/thresholds round differently. So
 
 A randomly initialised model has BN at (mean 0, var 1, scale 1, bias 0). To exercise
 the folding, the other models get random BN running statistics, scales (about half
-negative: the flipped-threshold path) and biases, and random RSign/RPReLU parameters.
+negative: the flipped-threshold path) and biases, and random RSign/RPReLU parameters
+(and, in the method-2 ``*_fda`` models, random mean-variance gamma/beta, zero points and
+dynamic-threshold bounds).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bnn_jax import checkpoints, data, deploy, packed
+import flax.linen as nn
+
+from bnn_jax import checkpoints, data, deploy, distribution, models, packed
 from bnn_jax.models import get_model
 
 N_IMAGES = 1000
@@ -57,12 +61,28 @@ def test_images(cifar10_path):
   return np.asarray(images[:N_IMAGES]), np.asarray(labels[:N_IMAGES])
 
 
+_FLOAT_FNS = {}
+
+
 def float_logits(model, variables, images, batch: int = 250) -> np.ndarray:
-  """The Flax model in eval mode on uint8 images, normalized as the trainer does."""
-  fn = jax.jit(lambda v, im: model.apply(
-      v, data.normalize(im, data.CIFAR10_MEAN, data.CIFAR10_STD), train=False))
-  return np.concatenate([np.asarray(fn(variables, images[i:i + batch]))
-                         for i in range(0, len(images), batch)])
+  """The Flax model in eval mode on uint8 images, normalized as the trainer does.
+
+  One compiled function per model configuration and chunk shape (the last chunk is
+  padded), shared by the tests that run the same model with other variables.
+  """
+  key = repr(model)
+  if key not in _FLOAT_FNS:
+    _FLOAT_FNS[key] = jax.jit(lambda v, im: model.apply(
+        v, data.normalize(im, data.CIFAR10_MEAN, data.CIFAR10_STD), train=False))
+  fn = _FLOAT_FNS[key]
+  out = []
+  for i in range(0, len(images), batch):
+    chunk = images[i:i + batch]
+    pad = batch - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    out.append(np.asarray(fn(variables, chunk))[:batch - pad])
+  return np.concatenate(out)
 
 
 def init(name: str, width: float, seed: int = 0, **kwargs):
@@ -74,8 +94,36 @@ def init(name: str, width: float, seed: int = 0, **kwargs):
   return model, jax.tree.map(np.asarray, variables)
 
 
+def random_variables(model, seed: int = 0):
+  """Variables of ``model`` without compiling its init (``jax.eval_shape`` for the shapes).
+
+  What Flax's initializers give, drawn with NumPy: kernels (real, binary, excitation)
+  normal / sqrt(fan-in); BN at (mean 0, var 1, scale 1, bias 0), gamma and gains 1,
+  slopes 0.25, bounds 0.1, every other parameter 0. Compiling ``model.init`` of a
+  method-2 network takes longer on 2 CPU cores than everything else its test does.
+  """
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))
+  rng = np.random.default_rng(seed)
+
+  def f(path, s):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']") or name.endswith("['binary_kernel']"):
+      fan_in = s.shape[-2] if len(s.shape) == 3 else int(np.prod(s.shape[:-1]))
+      return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(s.dtype)
+    if any(name.endswith(f"['{k}']") for k in ("scale", "var", "gamma", "gain")):
+      return np.ones(s.shape, s.dtype)
+    if name.endswith("['slope']"):
+      return np.full(s.shape, 0.25, s.dtype)
+    if name.endswith("['bound']"):
+      return np.full(s.shape, 0.1, s.dtype)
+    return np.zeros(s.shape, s.dtype)
+  return jax.tree_util.tree_map_with_path(f, shapes)
+
+
 def perturb(variables, seed: int = 1):
-  """Random BN statistics and affine (half the scales negative), thresholds, RPReLU slopes."""
+  """Random BN statistics and affine (half the scales negative), thresholds, RPReLU slopes;
+  method 2: mean-variance gamma (a fifth negative) and beta, zero points theta, bounds."""
   rng = np.random.default_rng(seed)
 
   def f(path, a):
@@ -91,6 +139,13 @@ def perturb(variables, seed: int = 1):
       return (a * rng.uniform(-1.0, 3.0, a.shape)).astype(a.dtype)
     if name.endswith("['bias']") or name.endswith("['gain']"):
       return (a + 0.2 * rng.standard_normal(a.shape)).astype(a.dtype)
+    if name.endswith("['gamma']"):
+      sign = np.where(rng.random(a.shape) < 0.2, -1.0, 1.0)
+      return (a * sign * rng.uniform(0.5, 1.5, a.shape)).astype(a.dtype)
+    if name.endswith("['beta']") or name.endswith("['theta']"):
+      return (a + 0.3 * rng.standard_normal(a.shape)).astype(a.dtype)
+    if name.endswith("['bound']"):
+      return (a * rng.uniform(0.5, 3.0, a.shape)).astype(a.dtype)
     return a
   return jax.tree_util.tree_map_with_path(f, variables)
 
@@ -170,6 +225,109 @@ def test_trained_reactnet18_equals_float(tiny_run, test_images):
   check_agreement(fl, pk, margins)
 
 
+FDA_ALL_ON = dict(mean_variance=True, zero_point=True, dynamic_threshold=True, excitation=True,
+                  refinement=True)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("resnet18_fda", FDA_ALL_ON),
+    ("reactnet18_fda", FDA_ALL_ON),
+    ("vgg_small_fda", dict(FDA_ALL_ON, stats="chw")),
+    # only the zero point: a per-channel threshold, folded (with BN -> hardtanh) into the
+    # integer thresholds as in vgg_small_bnn
+    ("vgg_small_fda", dict(mean_variance=False, zero_point=True, dynamic_threshold=False,
+                           excitation=False, refinement=False)),
+], ids=["resnet18_fda", "reactnet18_fda", "vgg_small_fda-chw", "vgg_small_fda-zero_point"])
+def test_method2_models_equal_float(name, options, test_images):
+  """Method 2: per-sample mean-variance + zero point + dynamic threshold (op fda_sign),
+  excitation scales (op excite, a gate on the binary conv's affine), refinement (rprelu)."""
+  images, _ = test_images
+  model = get_model(name, width=0.125, **options)
+  variables = perturb(random_variables(model, seed=7), seed=8)
+  pm = deploy.pack(variables, model=name, width=0.125, **options)
+  ops = [op["op"] for op in pm.ops]
+  full = options["mean_variance"]
+  assert ("fda_sign" in ops) == full and ("excite" in ops) == full
+  if full:   # every binary conv's output is gated by its excitation scales
+    assert all(isinstance(op["in"], list) for op in pm.ops if op["op"] == "bconv")
+    assert ops.count("excite") == 2 * ops.count("bconv")   # + the dynamic thresholds
+  else:      # BN -> hardtanh -> sign(x - theta): integer thresholds, nothing per sample
+    assert ops.count("sign") == ops.count("bconv") == 5
+  assert pm.meta["options"] == models.check_options(name, options)
+  assert pm.meta["model_config"]["options"] == pm.meta["options"]
+  fl = float_logits(model, variables, images)
+  pk, margins = pm.logits_and_margins(images)
+  check_agreement(fl, pk, margins)
+
+
+# --- the rule table ------------------------------------------------------------------------------
+
+
+class UnknownBlock(nn.Module):
+  """A block type deploy has no rule for."""
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Conv(self.features, (3, 3), self.strides, name="conv")(x)
+
+
+class UnknownSign(nn.Module):
+  """A pre-sign module type deploy has no rule for: sign(2 x)."""
+
+  @nn.compact
+  def __call__(self, x):
+    return jnp.where(2.0 * x >= 0, 1.0, -1.0)
+
+
+def zeros_like_init(model):
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def test_unsupported_module_type_is_an_error_naming_it():
+  small = dict(width=0.125, blocks_per_stage=(1, 1, 1, 1))
+  net = models.ReActNet18(block_cls=lambda features, strides, name, **_: UnknownBlock(
+      features, strides, name=name), **small)
+  with pytest.raises(ValueError, match=r"Cannot pack stage1_block1: no conversion rule for "
+                                       r"module type UnknownBlock \(supported: .*ReActBlock"):
+    deploy.pack(zeros_like_init(net), model=net)
+  net = models.ReActNet18(presign=UnknownSign, **small)
+  with pytest.raises(ValueError, match=r"Cannot pack stage1_block1/rsign: no conversion rule "
+                                       r"for module type UnknownSign \(supported: .*FDASign"):
+    deploy.pack(zeros_like_init(net), model=net)
+
+
+def test_a_new_module_needs_only_its_rule(monkeypatch):
+  small = dict(width=0.125, blocks_per_stage=(1, 1, 1, 1))
+  net = models.ReActNet18(presign=UnknownSign, **small)
+
+  def unknown_sign_rule(b, path, x):   # sign(2 x): the threshold 0 on 2 x
+    return deploy._sign(b, b.affine(x, 2.0, None, path), path, b.call(path).in_shape[-1])
+
+  monkeypatch.setitem(deploy.RULES, "UnknownSign", unknown_sign_rule)
+  pm = deploy.pack(zeros_like_init(net), model=net)
+  assert pm.meta["model"] == "ReActNet18" and pm.meta["model_config"] is None
+  assert [op["op"] for op in pm.ops].count("sign") == 4
+
+
+def test_unpackable_component_is_an_error_naming_it():
+  # a binarizer deploy cannot prove to be sign(x) with sign(0) = +1
+  net = get_model("reactnet18_fda", width=0.125).clone(
+      blocks_per_stage=(1, 1, 1, 1),
+      presign=functools.partial(distribution.FDASign, binarizer=lambda x: jnp.sign(x)))
+  with pytest.raises(ValueError, match=r"Cannot pack stage1_block1/rsign: its binarizer is"):
+    deploy.pack(zeros_like_init(net), model=net)
+  # the offset excitation where the binary conv's scales are
+  net = get_model("resnet18_fda", width=0.125).clone(blocks_per_stage=(1, 1, 1, 1))
+  net = net.clone(block_kwargs=dict(net.block_kwargs, excitation=functools.partial(
+      distribution.GroupExcitation, mode="offset")))
+  with pytest.raises(ValueError, match=r"Cannot pack stage1_block1/excitation1: .*mode 'scale'"):
+    deploy.pack(zeros_like_init(net), model=net)
+
+
 # --- bits and layers -------------------------------------------------------------------------------
 
 
@@ -236,8 +394,8 @@ def test_threshold_folding_matches_sign_of_affine():
 
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory, test_images):
-  model, variables = init("reactnet18", 0.125, seed=5)
-  variables = perturb(variables, seed=6)
+  model = get_model("reactnet18", width=0.125)
+  variables = perturb(random_variables(model, seed=5), seed=6)
   path = str(tmp_path_factory.mktemp("export") / "r18.npz")
   info = deploy.export(variables, path, model="reactnet18", width=0.125)
   return model, variables, path, info
@@ -289,8 +447,23 @@ def test_wrong_version_is_a_clear_error(small_export, tmp_path):
   with pytest.raises(packed.PackedModelError) as e:
     deploy.load_packed(bad)
   msg = str(e.value)
-  assert bad in msg and "format version 99" in msg and "reads version 1" in msg
+  assert bad in msg and "format version 99" in msg
+  assert f"reads version {packed.FORMAT_VERSION} (and the older 1)" in msg
   assert "--export" in msg and e.value.path == bad
+
+
+def test_version_1_files_are_still_read(small_export, tmp_path):
+  # reactnet18 uses only version-1 ops: a version-1 file of it is the same program
+  old = str(tmp_path / "v1.npz")
+  _rewrite_meta(small_export[2], old, format_version=1)
+  pm, new = deploy.load_packed(old), deploy.load_packed(small_export[2])
+  assert pm.meta["format_version"] == 1 and pm.ops == new.ops
+  # ... but a version-1 file cannot use the version-2 ops
+  bad = str(tmp_path / "v1_fda.npz")
+  ops = [dict(op, op="fda_sign") if op["op"] == "sign" else op for op in new.ops]
+  _rewrite_meta(small_export[2], bad, format_version=1, ops=ops)
+  with pytest.raises(packed.PackedModelError, match=r"uses ops \['fda_sign'\]"):
+    deploy.load_packed(bad)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "not_zip", "empty"])
@@ -362,10 +535,14 @@ def test_load_packed_from_deploy_imports_no_flax(small_export):
 
 
 def test_pack_refuses_what_it_cannot_pack():
-  _, fp = init("resnet18_fp", 0.125)
-  with pytest.raises(ValueError, match="packable models: reactnet18"):
-    deploy.pack(fp, model="resnet18_fp")
-  _, r18 = init("reactnet18", 0.125)
+  fp = zeros_like_init(get_model("resnet18_fp", width=0.125))
+  with pytest.raises(ValueError, match="no binary layers.*packable models: reactnet18"):
+    deploy.pack(fp, model="resnet18_fp")   # (width 1: the variables do not fit either)
+  with pytest.raises(ValueError, match="no binary layers.*packable models: reactnet18"):
+    deploy.pack(fp, model="resnet18_fp", width=0.125)
+  with pytest.raises(ValueError, match="Cannot pack model 'resnet34'; packable models: "):
+    deploy.pack(fp, model="resnet34")
+  r18 = zeros_like_init(get_model("reactnet18", width=0.125))
   with pytest.raises(ValueError, match="Name the model"):
     deploy.pack(r18)
   with pytest.raises(ValueError, match="does it belong to this model"):
@@ -374,6 +551,6 @@ def test_pack_refuses_what_it_cannot_pack():
   extra["params"]["stage1_block1"]["extra_gate"] = {"kernel": np.zeros((4, 4), np.float32)}
   with pytest.raises(ValueError, match="did not use 1 variable.*extra_gate"):
     deploy.pack(extra, model="reactnet18", width=0.125)
-  _, v1 = init("reactnet18", 0.125, binarize_weights=False)
-  with pytest.raises(ValueError, match="not binarized"):
+  v1 = zeros_like_init(get_model("reactnet18", width=0.125, binarize_weights=False))
+  with pytest.raises(ValueError, match="Cannot pack stage1_block1/binary_conv: .*not binarized"):
     deploy.pack(v1, model="reactnet18", width=0.125, binarize_weights=False)

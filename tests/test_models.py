@@ -10,7 +10,10 @@ import optax
 import pytest
 
 from bnn_jax import get_model
+from bnn_jax import models
 from bnn_jax.models import MODELS
+
+BASE_MODELS = sorted(n for n in MODELS if not n.endswith("_fda"))
 
 # Parameter counts at width 1, 10 classes (trainable params; BN running stats excluded).
 PARAM_COUNTS = {
@@ -37,7 +40,7 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", BASE_MODELS)
 def test_parameter_count_at_width_1(name):
   shapes = jax.eval_shape(lambda: get_model(name).init(jax.random.key(0), X))
   assert count(shapes["params"]) == PARAM_COUNTS[name]
@@ -59,18 +62,29 @@ def test_bnfree_has_no_batchnorm_anywhere():
   assert not any("bn" in str(path).lower() for path, _ in jax.tree_util.tree_leaves_with_path(variables))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", BASE_MODELS)
 def test_forward_at_width_1_with_features(name):
   model = get_model(name)
   variables = model.init(jax.random.key(0), X)
+  assert "intermediates" not in variables  # sown values are kept only when asked for
   logits = model.apply(variables, X)
   assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
-  logits2, feats = model.apply(variables, X, return_features=True)
-  np.testing.assert_array_equal(logits, logits2)  # features do not change the default output
-  assert feats["penultimate"].shape[0] == 2
+  logits2, feats, _ = models.apply_with_features(model, variables, X)
+  np.testing.assert_array_equal(logits, logits2)  # collecting features changes nothing
+  assert feats["penultimate"].shape == (2, 8192 if name.startswith("vgg") else 512)
   n_stages = 3 if name.startswith("vgg") else 4
-  assert [f"stage{i}" for i in range(1, n_stages + 1)] == sorted(k for k in feats if k.startswith("stage"))
-  assert feats[f"stage{n_stages}"].shape[-1] == 512
+  assert sorted(feats["stages"]) == [f"stage{i}" for i in range(1, n_stages + 1)]
+  assert feats["stages"][f"stage{n_stages}"].shape == (2, 4, 4, 512)
+  n_blocks = {"reactnet18": 16, "reactnet18_bnfree": 16, "resnet18_bnn": 8, "resnet18_fp": 8,
+              "vgg_small_bnn": 6, "vgg_small_fp": 6}[name]
+  assert len(feats["blocks"]) == n_blocks
+  # one pre-sign input per binary conv, of the conv's input shape
+  n_binary = {"reactnet18": 16, "reactnet18_bnfree": 16, "resnet18_bnn": 16, "resnet18_fp": 0,
+              "vgg_small_bnn": 5, "vgg_small_fp": 0}[name]
+  assert len(feats["presign"]) == n_binary
+  if name == "reactnet18":
+    assert feats["presign"]["stage2_block1/rsign"].shape == (2, 32, 32, 64)
+    np.testing.assert_array_equal(feats["blocks"]["stage4_block4"], feats["stages"]["stage4"])
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -113,11 +127,68 @@ def test_training_steps_at_small_width_reduce_loss(name):
 def test_unknown_model_name_lists_valid_names():
   with pytest.raises(ValueError, match="Unknown model 'resnet19'.*reactnet18"):
     get_model("resnet19")
-  with pytest.raises(ValueError, match="Bad arguments for model 'resnet18_fp'"):
+
+
+def test_unknown_option_names_the_valid_options():
+  with pytest.raises(ValueError, match=r"Unknown option\(s\) 'depth' for model 'resnet18_fp'; "
+                                       r"its options are: none"):
     get_model("resnet18_fp", depth=34)
+  with pytest.raises(ValueError, match=r"'excitaton' for model 'resnet18_fda'.*excitation"):
+    get_model("resnet18_fda", excitaton=False)
+
+
+def test_from_config_reads_options_and_older_run_configs():
+  step1 = models.from_config({"name": "reactnet18", "width": 0.25, "num_classes": 10,
+                              "options": {"binarize_weights": False}})
+  assert step1.binarize_weights is False and step1.width == 0.25
+  legacy = models.from_config({"name": "reactnet18", "width": 0.5, "num_classes": 100,
+                               "binarize_weights": False, "sync_batch_norm": True})
+  assert legacy.binarize_weights is False and legacy.num_classes == 100
+  fp = models.from_config({"name": "resnet18_fp", "num_classes": 10, "binarize_weights": True})
+  assert fp.block_cls is models.BasicBlockFP  # a full-precision model needs no special case
+  with pytest.raises(ValueError, match="num_classes"):
+    models.from_config({"name": "resnet18_fp"})
 
 
 def test_import_bnn_jax_imports_no_tensorflow():
   code = "import sys, bnn_jax, bnn_jax.models, bnn_jax.layers; print('tensorflow' in sys.modules)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
+
+
+FDA_BASE = {"resnet18_fda": "resnet18_bnn", "reactnet18_fda": "reactnet18",
+            "vgg_small_fda": "vgg_small_bnn"}
+ALL_OFF = {"mean_variance": False, "zero_point": False, "dynamic_threshold": False,
+           "excitation": False, "refinement": False}
+
+
+@pytest.mark.parametrize("fda,base", sorted(FDA_BASE.items()))
+def test_fda_with_every_component_off_is_the_baseline_exactly(fda, base):
+  x = X[:1]
+  base_model = get_model(base, width=0.125)
+  variables = base_model.init(jax.random.key(0), x)
+  off = get_model(fda, width=0.125, **ALL_OFF)
+  assert jax.tree.structure(off.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+  np.testing.assert_array_equal(off.apply(variables, x), base_model.apply(variables, x))
+
+
+@pytest.mark.parametrize("fda,base", sorted(FDA_BASE.items()))
+def test_fda_parameter_overhead_at_width_1_is_under_3_percent(fda, base):
+  # Per binary conv (C_in -> C_out, G = 4, r = 4, h = C_in / 16): excitation
+  # C_in h + G h + h C_out + C_out, mean-variance 2 C_in, zero point C_in (ReActNet: replaces
+  # RSign's C_in), refinement 3 C_out. resnet18_fda: +173,584 (1.55%).
+  n_base = count(jax.eval_shape(lambda: get_model(base).init(jax.random.key(0), X))["params"])
+  n_fda = count(jax.eval_shape(lambda: get_model(fda).init(jax.random.key(0), X))["params"])
+  assert 0 < n_fda - n_base <= 0.03 * n_base
+  if fda == "resnet18_fda":
+    assert n_fda - n_base == 173_584
+
+
+def test_fda_components_each_add_their_modules():
+  model = get_model("resnet18_fda", width=0.125, dynamic_threshold=True)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), X[:1]))["params"]
+  block = params["stage2_block1"]
+  assert {"sign1", "excitation1", "refine1", "binary_conv1", "bn1"} <= set(block)
+  assert set(block["sign1"]) == {"mean_variance", "zero_point", "threshold_excitation"}
+  with pytest.raises(ValueError, match="groups"):
+    get_model("resnet18_fda", width=0.125, groups=3).init(jax.random.key(0), X[:1])

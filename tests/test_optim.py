@@ -473,3 +473,57 @@ def test_build_optimizer_bad_warmup_and_power():
     optim.build_optimizer(_config(warmup_epochs=10.0), steps_per_epoch=10)
   with pytest.raises(ValueError, match="power must be 1 or 2"):
     optim.build_optimizer(_config(**{"w_reg.enabled": True, "w_reg.power": 3}), 10)
+
+
+def test_decoupled_w_reg_moves_each_weight_by_lr_lambda_dR_dw_under_adam():
+  """Zero task gradient, Adam: the decoupled step is exactly -lr * lambda * dR/dw (here with
+  t = mean|w| per output channel), while the coupled one is Adam-normalised to ~ -lr sign."""
+  w = np.array([[0.1, -0.5], [0.35, -0.2], [-0.2, 0.6]], np.float32)  # 2 output channels
+  params = _tree(jnp.asarray(w))
+  alpha = np.abs(w).mean(axis=0)                                     # (0.21667, 0.43333)
+  want_grad = np.where(w >= 0, 1, -1) * (np.abs(w) - alpha)          # p = 2: sign(w)(|w| - t)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  fields = {"w_reg.enabled": True, "w_reg.strength": 0.5, "w_reg.target": "mean_abs"}
+  c = _config(name="adam", schedule="constant", lr=2e-3, **fields,
+              **{"w_reg.placement": "decoupled"})
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)
+  u, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(u["block1"]["BinaryConv_0"]["binary_kernel"],
+                             -2e-3 * 0.5 * want_grad, rtol=1e-5, atol=1e-9)
+  np.testing.assert_array_equal(u["head"]["kernel"], 0.0)  # only the latent binary weights
+  coupled = _config(name="adam", schedule="constant", lr=2e-3, **fields)
+  tx, _ = optim.build_optimizer(coupled, steps_per_epoch=10)
+  u, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(np.abs(u["block1"]["BinaryConv_0"]["binary_kernel"]), 2e-3,
+                             rtol=1e-3)  # Adam's first step: lr * g / |g|, whatever lambda
+
+
+def test_late_start_and_decoupled_cosine_momentum_with_a_schedule():
+  params = _tree(jnp.full((3, 2), 3.0))               # |w| - t = 2 > D: m(d) = 1
+  zero = jax.tree.map(jnp.zeros_like, params)
+  c = _config(name="sgd", momentum=0.0, schedule="linear", lr=1.0,
+              **{"w_reg.enabled": True, "w_reg.strength": 0.1, "w_reg.start_epochs": 0.3,
+                 "w_reg.ramp_epochs": 0.2, "w_reg.placement": "decoupled"})
+  tx, lr = optim.build_optimizer(c, steps_per_epoch=10)  # off for 3 steps, then 2-step ramp
+  state = tx.init(params)
+  for k in range(7):
+    u, state = tx.update(zero, state, params)
+    lam = 0.1 * min(max(k - 3, 0), 2) / 2
+    np.testing.assert_allclose(u["block1"]["BinaryConv_0"]["binary_kernel"],
+                               -float(lr(k)) * lam * 2.0, rtol=1e-6, atol=1e-8)
+  c = _config(name="sgd", momentum=0.0, schedule="constant", lr=0.5,
+              **{"cosine_momentum.enabled": True, "cosine_momentum.strength": 0.1,
+                 "cosine_momentum.placement": "decoupled"})
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)
+  state, v = tx.init(params), 0.0
+  for k in range(3):
+    u, state = tx.update(zero, state, params)
+    v = 0.9 * v + 1.0
+    np.testing.assert_allclose(u["block1"]["BinaryConv_0"]["binary_kernel"], -0.5 * 0.1 * v,
+                               rtol=1e-6)
+
+
+def test_bad_placement_is_named():
+  with pytest.raises(ValueError, match=r"optim.w_reg.placement 'after'; valid names: gradient, "
+                                       r"decoupled"):
+    optim.build_optimizer(_config(**{"w_reg.enabled": True, "w_reg.placement": "after"}), 10)

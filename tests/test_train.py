@@ -97,10 +97,15 @@ def test_learns_on_real_cifar10(cifar10_path, tmp_path):
   history = checkpoints.read_metrics(str(tmp_path))
   assert [r["epoch"] for r in history] == [1, 2, 3]
   assert history[-1]["train/loss"] < history[0]["train/loss"]
-  # the weight statistics are logged every epoch, overall and per binary layer
-  assert 0.0 <= history[-1]["weights/overall/flip_ratio"] <= 1.0
+  # the weight statistics are logged every epoch, overall and per binary layer: some signs
+  # flip between epochs, but far from all
+  assert 0.0 < history[-1]["weights/overall/flip_ratio"] < 0.3
   assert "weights/overall/flip_ratio" not in history[0]  # no previous epoch to compare with
   assert any(k.startswith("weights/stage4_block4") for k in history[-1])
+  # activation balance: one fraction of +1 per sign (16), and the mean entropy in bits
+  p_plus = {k: v for k, v in history[-1].items() if k.endswith("/p_plus") and "overall" not in k}
+  assert len(p_plus) == 16 and all(0.0 < p < 1.0 for p in p_plus.values())
+  assert 0.5 < history[-1]["balance/overall/entropy"] <= 1.0
   written = json.load(open(tmp_path / "config.json"))
   assert written["model"]["num_classes"] == 10 and written["data"]["train_subset"] == 4000
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
@@ -112,10 +117,15 @@ def test_bn_free_model_trains_with_method1_and_agc(cifar10_path, tmp_path):
       "model.name": "reactnet18_bnfree", "optim.agc_clip": 0.02, "optim.w_reg.enabled": True,
       "optim.cosine_momentum.enabled": True, "data.train_subset": 256})
   record = train_lib.train_and_evaluate(config, str(tmp_path))
-  assert np.isfinite(record["train/loss"]) and 0.0 <= record["test/accuracy"] <= 1.0
+  assert np.isfinite(record["train/loss"]) and np.isfinite(record["test/loss"])
   assert "weights/overall/mean_dist" in record
   run = checkpoints.load_run(str(tmp_path))
   assert not jax.tree.leaves(run.batch_stats)
+  init = train_lib.create_state(train_lib.build_model(config, 10), optax.sgd(0.0),
+                                jax.random.key(config.seed)).params
+  moved = [float(np.abs(np.asarray(a) - b).max()) for a, b in
+           zip(jax.tree.leaves(init), jax.tree.leaves(run.params))]
+  assert min(moved) > 0.0  # every parameter trained (the BN-free path has no dead branch)
 
 
 def test_two_devices_equal_one_device(cifar10_path, tmp_path):
@@ -135,7 +145,7 @@ def test_two_devices_equal_one_device(cifar10_path, tmp_path):
   r1 = train_lib.train_and_evaluate(one, str(tmp_path / "one"))
   r2 = train_lib.train_and_evaluate(two, str(tmp_path / "two"))
   p1, p2 = final_params(tmp_path / "one"), final_params(tmp_path / "two")
-  init = train_lib.create_state(one, train_lib.build_model(one, 10), optax.sgd(0.0),
+  init = train_lib.create_state(train_lib.build_model(one, 10), optax.sgd(0.0),
                                 jax.random.key(one.seed)).params
   sq = lambda tree: sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(tree))
   moved = sq(jax.tree.map(lambda a, b: np.asarray(a) - b, init, p1)) ** 0.5
@@ -207,7 +217,7 @@ def test_unknown_config_key_in_code_is_named(cifar10_path, tmp_path):
 
 def test_indivisible_batch_is_a_clear_error(cifar10_path, tmp_path):
   config = tiny_config(cifar10_path, batch_size=63)
-  with pytest.raises(ValueError, match=r"batch_size=63 does not divide over 2 devices.*multiple of 2"):
+  with pytest.raises(ValueError, match=r"batch_size=63 is not divisible by 2 devices; use a multiple of 2 \(e.g. 64\)"):
     train_lib.train_and_evaluate(config, str(tmp_path))
 
 
@@ -232,7 +242,7 @@ def test_truncated_checkpoint_is_a_clear_error(cifar10_path, tmp_path):
 
 def test_two_step_init_from_starts_from_step_one(cifar10_path, tmp_path):
   """ReActNet step 2 (binary weights) starts from step 1's parameters (real weights)."""
-  step1 = tiny_config(cifar10_path, num_epochs=1, **{"model.binarize_weights": False,
+  step1 = tiny_config(cifar10_path, num_epochs=1, **{"model.options.binarize_weights": False,
                                                      "data.train_subset": 256})
   train_lib.train_and_evaluate(step1, str(tmp_path / "step1"))
   # lr = 0: step 2's parameters stay exactly where init_from put them (BN statistics still move).

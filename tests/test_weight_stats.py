@@ -4,7 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnn_jax.weight_stats import flatten_stats, latent_weight_stats
+from bnn_jax.weight_stats import flatten_stats, latent_weight_stats, quantization_error
+
+BASIC = ("mean_abs", "mean_dist", "near_frac", "tail_frac", "zero_frac")
+
+
+def _basic(d):
+  return {k: d[k] for k in BASIC}
 
 # Values exact in float32 (multiples of 1/16), t = 1, near = 0.1.
 A = [0.0, 1.0, -1.0625, 0.9375, 2.0, -0.5, -1.5, 0.0]   # ||w| - 1| = 1, 0, 1/16, 1/16, 1, 1/2, 1/2, 1
@@ -23,12 +29,12 @@ def test_fractions_by_hand():
   s = latent_weight_stats(_params(), target=1.0, near=0.1)
   assert set(s) == {"block1/BinaryConv_0", "head/BinaryDense_0", "overall"}
   a, b, o = s["block1/BinaryConv_0"], s["head/BinaryDense_0"], s["overall"]
-  assert a == pytest.approx({"mean_abs": 7 / 8, "mean_dist": 4.125 / 8, "near_frac": 3 / 8,
+  assert _basic(a) == pytest.approx({"mean_abs": 7 / 8, "mean_dist": 4.125 / 8, "near_frac": 3 / 8,
                              "tail_frac": 3 / 8, "zero_frac": 2 / 8})
-  assert b == pytest.approx({"mean_abs": 5.5 / 4, "mean_dist": 2.5 / 4, "near_frac": 2 / 4,
+  assert _basic(b) == pytest.approx({"mean_abs": 5.5 / 4, "mean_dist": 2.5 / 4, "near_frac": 2 / 4,
                              "tail_frac": 1 / 4, "zero_frac": 0.0})
   # overall weights layers by element count (8 + 4), not a mean of layer means
-  assert o == pytest.approx({"mean_abs": 12.5 / 12, "mean_dist": 6.625 / 12, "near_frac": 5 / 12,
+  assert _basic(o) == pytest.approx({"mean_abs": 12.5 / 12, "mean_dist": 6.625 / 12, "near_frac": 5 / 12,
                              "tail_frac": 4 / 12, "zero_frac": 2 / 12})
   assert all(type(v) is float for d in s.values() for v in d.values())
 
@@ -81,5 +87,32 @@ def test_flatten_stats_keys():
   flat = flatten_stats(s, "weights")
   assert flat["weights/block1/BinaryConv_0/tail_frac"] == s["block1/BinaryConv_0"]["tail_frac"]
   assert flat["weights/overall/mean_dist"] == s["overall"]["mean_dist"]
-  assert len(flat) == 3 * 5
+  assert len(flat) == 3 * 7
   assert "overall/zero_frac" in flatten_stats(s, "")
+
+
+def test_quantization_error_by_hand_and_against_numpy():
+  # A as [2, 4] (output channel = last axis), channels (0, 2), (1, -.5), (-1.0625, -1.5),
+  # (.9375, 0); alpha = 1, .75, 1.28125, .46875; sign(0) = +1.
+  # ||w - alpha sign(w)||^2 = 2 + .125 + .095703125 + .439453125 = 2.66015625
+  # ||w||^2 = 4 + 1.25 + 3.37890625 + .87890625 = 9.5078125
+  s = latent_weight_stats(_params())
+  assert s["block1/BinaryConv_0"]["quant_error"] == pytest.approx(2.66015625 / 9.5078125)
+  # |w| > alpha: 2 (ch0), 1 (ch1), 1.5 (ch2), .9375 (ch3) -> 4 of 8
+  assert s["block1/BinaryConv_0"]["alpha_tail_frac"] == 0.5
+  w = np.random.RandomState(0).randn(3, 3, 4, 5)
+  alpha = np.abs(w).mean(axis=(0, 1, 2))
+  want = np.sum((w - alpha * np.where(w >= 0, 1, -1)) ** 2) / np.sum(w ** 2)
+  assert quantization_error(w) == pytest.approx(want)
+  # overall pools the sums over layers (not a mean of ratios)
+  b = np.array(B)
+  b_err = np.sum((b - np.abs(b).mean(0) * np.where(b >= 0, 1, -1)) ** 2)
+  assert s["overall"]["quant_error"] == pytest.approx((2.66015625 + b_err) /
+                                                      (9.5078125 + np.sum(b ** 2)))
+
+
+def test_quantization_error_is_zero_at_plus_minus_alpha():
+  w = np.array([[0.25, -0.75], [-0.25, 0.75], [0.25, 0.75]])  # |w| constant per channel, exact
+  assert quantization_error(w) == 0.0
+  assert latent_weight_stats({"fc": {"binary_kernel": w}})["fc"]["quant_error"] == 0.0
+  assert quantization_error(np.zeros((2, 2))) == 0.0

@@ -23,42 +23,50 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from bnn_jax import layers
-from bnn_jax.models.common import avg_pool2, batch_norm, conv1x1, conv3x3, global_avg_pool, scaled
+from bnn_jax.models.common import (ModuleDef, avg_pool2, batch_norm, classifier_head, conv1x1,
+                                   conv3x3, run_stages, scaled, signed_conv, sow_output)
 
 STAGES = (64, 128, 256, 512)
 
 
 class ReActBlock(nn.Module):
+  """y = RPReLU(refine(BN(BinaryConv(presign(x)) [* excitation(x)])) + shortcut(x))."""
   features: int
   strides: int = 1
+  presign: ModuleDef = layers.RSign
+  excitation: Optional[ModuleDef] = None
+  refine: Optional[ModuleDef] = None
   binarize_weights: bool = True
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = layers.RSign(name="rsign")(x)
-    y = layers.BinaryConv(self.features, 3, self.strides, input_quantizer=None,
-                          binarize_weights=self.binarize_weights, dtype=self.dtype,
-                          name="binary_conv")(y)
+    y = signed_conv(x, self.features, self.strides, presign=self.presign,
+                    excitation=self.excitation, binarize_weights=self.binarize_weights,
+                    dtype=self.dtype, conv_name="binary_conv", sign_name="rsign",
+                    excitation_name="excitation")
     y = batch_norm(train, "bn", self.bn_axis_name)(y)
+    if self.refine is not None:
+      y = self.refine(name="refine")(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = avg_pool2(x) if self.strides != 1 else x
       shortcut = conv1x1(self.features, dtype=self.dtype, name="shortcut_conv")(shortcut)
       shortcut = batch_norm(train, "shortcut_bn", self.bn_axis_name)(shortcut)
-    return layers.RPReLU(name="rprelu")(y + shortcut)
+    return sow_output(self, layers.RPReLU(name="rprelu")(y + shortcut))
 
 
 class ReActBlockBNFree(nn.Module):
+  """h = x / beta;  y = shortcut(h) + alpha * RPReLU(BinaryConv_ws(presign(h)))."""
   features: int
   strides: int = 1
   alpha: float = 0.2
   beta: float = 1.0
+  presign: ModuleDef = layers.RSign
   binarize_weights: bool = True
   dtype: Any = jnp.float32
 
@@ -66,10 +74,10 @@ class ReActBlockBNFree(nn.Module):
   def __call__(self, x, train: bool):
     del train
     h = x / self.beta
-    y = layers.RSign(name="rsign")(h)
-    y = layers.BinaryConv(self.features, 3, self.strides, input_quantizer=None,
-                          binarize_weights=self.binarize_weights, standardize_weights=True,
-                          dtype=self.dtype, name="binary_conv")(y)
+    y = signed_conv(h, self.features, self.strides, presign=self.presign, excitation=None,
+                    binarize_weights=self.binarize_weights, dtype=self.dtype,
+                    conv_name="binary_conv", sign_name="rsign", excitation_name="excitation",
+                    standardize_weights=True)
     y = layers.RPReLU(name="rprelu")(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -78,31 +86,36 @@ class ReActBlockBNFree(nn.Module):
                                       name="shortcut_conv")(shortcut)
     # The skip path stays an identity (no activation on the sum): with RPReLU on
     # the sum, each block would shrink the variance and the signal would vanish.
-    return shortcut + self.alpha * y
+    return sow_output(self, shortcut + self.alpha * y)
 
 
 class ReActNet18(nn.Module):
-  """ReActNet-18 (CIFAR) with BatchNorm. ``__call__`` returns logits, or
-  (logits, features) with features = {stage1..stage4, penultimate}."""
+  """ReActNet-18 (CIFAR) with BatchNorm: stem conv+BN, 4 x 4 ``block_cls`` blocks, head.
+
+  ``presign``/``excitation``/``refine`` are handed to every block (see
+  ``bnn_jax.models.common``). Returns logits; intermediates are sown (``models.features``).
+  """
   num_classes: int = 10
   width: float = 1.0
   blocks_per_stage: Sequence[int] = (4, 4, 4, 4)
+  block_cls: ModuleDef = ReActBlock
+  presign: ModuleDef = layers.RSign
+  excitation: Optional[ModuleDef] = None
+  refine: Optional[ModuleDef] = None
   binarize_weights: bool = True
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False, return_features: bool = False):
-    features = {}
+  def __call__(self, x, train: bool = False):
     x = conv3x3(scaled(STAGES[0], self.width), dtype=self.dtype, name="stem_conv")(x)
     x = batch_norm(train, "stem_bn", self.bn_axis_name)(x)
-    for s, (channels, blocks) in enumerate(zip(STAGES, self.blocks_per_stage)):
-      for b in range(blocks):
-        strides = 2 if (s > 0 and b == 0) else 1
-        x = ReActBlock(scaled(channels, self.width), strides, self.binarize_weights,
-                       self.dtype, self.bn_axis_name, name=f"stage{s + 1}_block{b + 1}")(x, train)
-      features[f"stage{s + 1}"] = x
-    return _head(self, x, features, return_features)
+    block = lambda features, strides, name: self.block_cls(
+        features, strides, presign=self.presign, excitation=self.excitation, refine=self.refine,
+        binarize_weights=self.binarize_weights, dtype=self.dtype,
+        bn_axis_name=self.bn_axis_name, name=name)
+    x = run_stages(self, x, train, STAGES, self.blocks_per_stage, self.width, block)
+    return classifier_head(self, x, self.num_classes)
 
 
 class ReActNet18BNFree(nn.Module):
@@ -111,31 +124,23 @@ class ReActNet18BNFree(nn.Module):
   width: float = 1.0
   blocks_per_stage: Sequence[int] = (4, 4, 4, 4)
   alpha: float = 0.2
+  presign: ModuleDef = layers.RSign
   binarize_weights: bool = True
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None  # accepted for a uniform interface; there is no BN
 
   @nn.compact
-  def __call__(self, x, train: bool = False, return_features: bool = False):
-    features = {}
+  def __call__(self, x, train: bool = False):
     x = layers.ScaledStdConv(scaled(STAGES[0], self.width), 3, dtype=self.dtype,
                              name="stem_conv")(x)
-    expected_var = 1.0
-    for s, (channels, blocks) in enumerate(zip(STAGES, self.blocks_per_stage)):
-      for b in range(blocks):
-        strides = 2 if (s > 0 and b == 0) else 1
-        downsample = strides != 1 or x.shape[-1] != scaled(channels, self.width)
-        x = ReActBlockBNFree(scaled(channels, self.width), strides, self.alpha,
-                             expected_var ** 0.5, self.binarize_weights, self.dtype,
-                             name=f"stage{s + 1}_block{b + 1}")(x, train)
-        expected_var = (1.0 if downsample else expected_var) + self.alpha ** 2
-      features[f"stage{s + 1}"] = x
-    return _head(self, x, features, return_features)
+    expected_var = [1.0]  # Var[x] at the next block's input, tracked analytically
 
+    def block(features, strides, name):
+      beta = expected_var[0] ** 0.5
+      # Only strided blocks have a (variance-resetting) shortcut conv: the stem already
+      # has stage 1's width.
+      expected_var[0] = (1.0 if strides != 1 else expected_var[0]) + self.alpha ** 2
+      return ReActBlockBNFree(features, strides, self.alpha, beta, self.presign,
+                              self.binarize_weights, self.dtype, name=name)
 
-def _head(module: nn.Module, x: jax.Array, features: dict, return_features: bool):
-  """Global average pool -> Dense(num_classes), in float32."""
-  pooled = global_avg_pool(x).astype(jnp.float32)
-  features["penultimate"] = pooled
-  logits = nn.Dense(module.num_classes, name="head")(pooled)
-  return (logits, features) if return_features else logits
+    x = run_stages(self, x, train, STAGES, self.blocks_per_stage, self.width, block)
+    return classifier_head(self, x, self.num_classes)

@@ -1,0 +1,148 @@
+"""Runs arms of the shared CPU proxy protocol and collects their metrics.
+
+The proxy (docs/RESULTS.md, "The proxy protocol"): the model under test at width 0.25, all
+50,000 CIFAR-10 training images, the full 10,000-image test set, batch 128, Adam 2e-3 with
+cosine decay to 0, pad-4 crop + flip, 4 epochs, test top-1 after every epoch, seeds 0 and 1.
+About 15-30 minutes a run on 2 cores.
+
+  python experiments/proxy.py --data ../shared/data/cifar-10-binary.tar.gz \
+      --arms m2_fp m2_bnn --seeds 0 1
+
+Each run trains in ``--runs/ARM_sSEED`` (resumable: rerun the same command) and, once finished,
+its ``metrics.jsonl`` and ``config.json`` are copied to ``experiments/results/ARM_sSEED/``,
+which is what gets committed and what ``experiments/tables.py`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+# Every arm: (model name, model options, {config key: value}) on top of the proxy protocol.
+# "{runs}" in a value is replaced by --runs (teachers are earlier arms' run directories).
+FDA_OFF = {"mean_variance": False, "zero_point": False, "excitation": False, "refinement": False}
+WREG = {"optim.w_reg.enabled": True, "optim.w_reg.target": "mean_abs",
+        "optim.w_reg.placement": "decoupled"}
+LATE = {"optim.w_reg.start_epochs": 2.0, "optim.w_reg.ramp_epochs": 1.0}
+COSMOM = {"optim.cosine_momentum.enabled": True, "optim.cosine_momentum.target": "mean_abs",
+          "optim.cosine_momentum.placement": "decoupled"}
+TEACHER_R18 = {"teacher.workdir": "{runs}/m2_fp_s0"}
+TEACHER_VGG = {"teacher.workdir": "{runs}/m3_teacher_vgg_fp_s0"}
+SEMANTIC = {"distill.semantic_weight": 1.0}
+DETAIL = {"distill.detail_weight": 10.0}
+ARMS = {
+    # ReActNet-18, Adam: the baseline of methods 1 and 3 (CE only).
+    "m3_r18_ce": ("reactnet18", {}, {}),
+    # Method 1 (second pass): decoupled W-regularizer, t = mean|w| per channel.
+    "m1_l2": ("reactnet18", {}, {"optim.binary_weight_decay": 5e-4}),
+    **{f"m1_wreg_{lam}": ("reactnet18", {}, {**WREG, "optim.w_reg.strength": lam})
+       for lam in (0.1, 0.3, 1.0)},
+    **{f"m1_wreg_{lam}_late": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": lam})
+       for lam in (0.1, 0.3, 1.0)},
+    # kappa and D at the scale of t = mean|w| (~0.03-0.1 at this width), not of t = 1
+    "m1_cosmom": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.strength": 1.0,
+                                     "optim.cosine_momentum.width": 0.05}),
+    "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
+    # Method 2 (feature distribution adjustment), ResNet-18.
+    "m2_fp": ("resnet18_fp", {}, {}),
+    "m2_bnn": ("resnet18_bnn", {}, {}),
+    "m2_mv": ("resnet18_fda", {**FDA_OFF, "mean_variance": True}, {}),
+    "m2_mv_zp": ("resnet18_fda", {**FDA_OFF, "mean_variance": True, "zero_point": True}, {}),
+    "m2_ge": ("resnet18_fda", {**FDA_OFF, "excitation": True}, {}),
+    "m2_all": ("resnet18_fda", {}, {}),
+    # Method 3 (deep and shallow feature enhancement) and the VGG teacher.
+    "m3_teacher_vgg_fp": ("vgg_small_fp", {}, {}),
+    "m3_r18_semantic": ("reactnet18", {}, {**TEACHER_R18, **SEMANTIC}),
+    "m3_r18_detail": ("reactnet18", {}, {**TEACHER_R18, **DETAIL}),
+    "m3_r18_both": ("reactnet18", {}, {**TEACHER_R18, **SEMANTIC, **DETAIL}),
+    "m3_vgg_ce": ("vgg_small_bnn", {}, {}),
+    "m3_vgg_both": ("vgg_small_bnn", {}, {**TEACHER_VGG, **SEMANTIC, **DETAIL}),
+}
+
+
+def set_path(config, key: str, value) -> None:
+  *parents, leaf = key.split(".")
+  section = config
+  for p in parents:
+    section = section[p]
+  section[leaf] = value
+
+
+def proxy_config(data_path: str, model: str, options: dict, seed: int, overrides: dict,
+                 epochs: int = 4, runs: str = "runs/proxy"):
+  """The proxy protocol's config for one arm."""
+  from bnn_jax.config import base_config, set_model
+  c = base_config()
+  set_model(c, model, **options)
+  c.model.width = 0.25
+  c.data.path = data_path
+  c.batch_size = 128
+  c.num_epochs = epochs
+  c.optim.name = "adam"
+  c.optim.lr = 2e-3
+  c.optim.schedule = "cosine"
+  c.seed = seed
+  c.progress_bar = False
+  for key, value in overrides.items():
+    set_path(c, key, value.replace("{runs}", runs) if isinstance(value, str) else value)
+  return c
+
+
+def finished(workdir: str, epochs: int) -> bool:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return bool(records) and records[-1].get("epoch") == epochs
+
+
+def collect(workdir: str, name: str, results: str = RESULTS) -> str:
+  """Copies a finished run's metrics.jsonl and config.json to experiments/results/NAME/."""
+  out = os.path.join(results, name)
+  os.makedirs(out, exist_ok=True)
+  for f in ("metrics.jsonl", "config.json"):
+    shutil.copy(os.path.join(workdir, f), os.path.join(out, f))
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", required=True, help="CIFAR-10 binary archive")
+  parser.add_argument("--arms", nargs="+", required=True, choices=sorted(ARMS))
+  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+  parser.add_argument("--runs", default="runs/proxy", help="where the runs train")
+  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--set", nargs="*", default=[], help="extra overrides key=json_value")
+  parser.add_argument("--results", default=RESULTS, help="where finished runs are collected")
+  args = parser.parse_args(argv)
+  from bnn_jax import xla_cpu
+  xla_cpu.add_tuned_flags()  # the CPU flag train.py sets, before JAX starts
+  from bnn_jax import train_lib
+  for seed in args.seeds:
+    for arm in args.arms:
+      name = f"{arm}_s{seed}"
+      workdir = os.path.join(args.runs, name)
+      if not finished(workdir, args.epochs):
+        model, options, overrides = ARMS[arm]
+        overrides = dict(overrides)
+        overrides.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)})
+        t0 = time.time()
+        config = proxy_config(args.data, model, options, seed, overrides, args.epochs, args.runs)
+        train_lib.train_and_evaluate(config, workdir)
+        if not finished(workdir, args.epochs):
+          sys.exit(f"{name} stopped early; rerun the same command to resume.")
+        print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+      print(f"{name} -> {collect(workdir, name, args.results)}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
