@@ -49,11 +49,11 @@ def main(argv):
   if type(config).__name__ == "_ErrorConfig":  # the config file failed to load
     sys.exit(f"train.py: cannot load --config {flags.FLAGS['config'].config_filename}: "
              f"{getattr(config, '_error', 'unknown error')}")
-  from bnn_jax import checkpoints, config as config_lib, train_lib  # after flags: JAX reads XLA_FLAGS
+  from bnn_jax import checkpoints, train_lib  # after flags: JAX reads XLA_FLAGS
   try:
-    config_lib.validate(config)
-    train_lib.train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
+    train_lib.train_and_evaluate(config, _WORKDIR.value)  # validates the config first
+  except (ValueError, FileNotFoundError, checkpoints.CheckpointError,
+          train_lib.NonFiniteError) as e:
     logging.error("%s", e)
     sys.exit(f"train.py: {e}")
 

@@ -155,7 +155,8 @@ def run_fda(batches: Sequence[int], width: float, repeats: int, rng: np.random.G
     t = common.time_interleaved({"bnn": bnn_run, "fda": fda_run}, steps=steps, repeats=repeats)
     b_ms, f_ms = 1e3 * t.median("bnn"), 1e3 * t.median("fda")
     rows.append((f"resnet18 (width {width:g})", b, f"{b_ms:.3f}", f"{f_ms:.3f}",
-                 f"{f_ms / b_ms:.2f}x", f"{bnn_bytes:,}", f"{fda_bytes:,}", f"{bnn_ops} / {fda_ops}"))
+                 f"{f_ms / b_ms:.2f}x", f"{bnn_bytes:,}", f"{fda_bytes:,}",
+                 f"{bnn_ops} / {fda_ops}"))
     print(" ".join(map(str, rows[-1])), flush=True)
   common.print_table(
       "Packed resnet18_fda vs packed resnet18_bnn (ms per call, median)",

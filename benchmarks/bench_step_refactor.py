@@ -100,7 +100,7 @@ def main():
     tx, _ = optim.build_optimizer(config, data.steps_per_epoch(len(ds.train_labels), batch))
     template = common.init_state(model, tx)
     indices = data.train_batch_indices(0, 0, len(ds.train_labels), batch, 1)
-    zeros = put({"loss": np.float32(0), "accuracy": np.float32(0)})
+    zeros = put({"loss": np.float32(0), "accuracy": np.float32(0), "nonfinite": np.float32(0)})
     runners = {"before": runner("before", before, put(common.fresh_copy(template, tx)), images,
                                 labels, indices, {}),
                "after": runner("after", after, put(common.fresh_copy(template, tx)), images,

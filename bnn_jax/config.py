@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 256
   c.label_smoothing = 0.0
   c.eval_every_epochs = 1
+  c.nan_policy = "stop"                # a NaN/inf loss or gradient: stop (no bad checkpoint) | skip the step
   c.init_from = ""                     # workdir whose latest params/batch_stats start this run (two-step)
   c.weight_target = 1.0                # t in the logged weight statistics (|w| vs +-t)
 
@@ -124,6 +125,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
     raise ValueError(f"--config.optim.lr={lr} must be a finite number >= 0 (0 trains nothing; "
                      f"2e-3 is the Adam default for binary networks).")
+  width = config.model.width
+  if not (isinstance(width, (int, float)) and math.isfinite(width) and round(64 * width) >= 1):
+    raise ValueError(f"--config.model.width={width} leaves the narrowest stage (64 channels at "
+                     f"width 1) without a channel; use a width of at least 1/128 (e.g. 0.125).")
+  if config.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"--config.nan_policy={config.nan_policy!r}; valid: stop, skip.")
   if config.teacher.checkpoint not in ("best", "latest"):
     raise ValueError(f"--config.teacher.checkpoint={config.teacher.checkpoint!r}: use best or latest.")
   if (config.distill.semantic_weight or config.distill.detail_weight) and not config.teacher.workdir:

@@ -78,7 +78,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -753,7 +753,10 @@ def _react_block_bnfree_rule(b: _Builder, path: str, x) -> Real:
 
 @rule("BasicBlockBNN", container=True)
 def _basic_block_bnn_rule(b: _Builder, path: str, x) -> Real:
-  """h = hardtanh(refine1(BN1(conv1(x))) + shortcut(x));  y = hardtanh(refine2(BN2(conv2(h))) + h)."""
+  """h = hardtanh(refine1(BN1(conv1(x))) + shortcut(x)); y = hardtanh(refine2(BN2(conv2(h))) + h).
+
+  conv_i(x) is the sign site ``sign{i}`` -> ``binary_conv{i}`` [* ``excitation{i}``(x)].
+  """
   x = Real(b.real(_real_input(path, x)))
   shortcut = x
   if b.has(_join(path, "shortcut_conv")):

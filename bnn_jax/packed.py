@@ -216,7 +216,7 @@ def fda_presign(x: Array, axes: Sequence[int] = (1, 2), eps: float = 1e-5,
 
 def group_excitation(x: Array, w1: Array, b1: Array, w2: Array, b2: Array, mode: str = "scale",
                      bound: Optional[Array] = None) -> Array:
-  """Grouped squeeze-and-excitation (``distribution.GroupExcitation``): [B, H, W, C_in] -> [B, 1, 1, C_out].
+  """Grouped squeeze-and-excitation (``GroupExcitation``): [B, H, W, C_in] -> [B, 1, 1, C_out].
 
   s = mean over H, W of x, split into G = w1.shape[0] contiguous groups; per group
   z_g = relu(s_g @ w1[g] + b1[g]) @ w2[g] + b2[g]; out = sigmoid(z) ("scale") or

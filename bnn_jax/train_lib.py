@@ -40,6 +40,11 @@ from bnn_jax import teacher as teacher_lib
 
 PyTree = Any
 AXIS = "batch"  # the pmap axis name of every step
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradients became NaN/inf (``config.nan_policy="stop"``)."""
 
 
 @flax.struct.dataclass
@@ -93,7 +98,8 @@ def training_batch(images, labels, indices, rng, *, mean, std, augment: bool):
   return data.normalize(x, mean, std), labels[indices]
 
 
-def make_update(objective: objectives.Objective, axis_name: Optional[str] = AXIS):
+def make_update(objective: objectives.Objective, axis_name: Optional[str] = AXIS,
+                skip_nonfinite: bool = False):
   """``update(state, sums, x, y, teacher=None) -> (state, sums, metrics)`` on a ready batch.
 
   The forward pass (BatchNorm in train mode; intermediates collected only when the
@@ -103,6 +109,11 @@ def make_update(objective: objectives.Objective, axis_name: Optional[str] = AXIS
   and added to ``sums`` (the epoch's running sums, kept on device; a key missing from
   ``sums`` starts at the metric). ``teacher`` (a ``teacher.Teacher``) runs in eval mode
   under ``stop_gradient``.
+
+  Non-finite guard: the metrics carry ``nonfinite`` = 1 when the loss or any gradient is
+  NaN/inf on any device (0 otherwise), so its sum counts the bad steps at no extra host
+  sync. With ``skip_nonfinite`` such a step leaves params, BatchNorm statistics and the
+  optimizer state unchanged (only the step counter moves).
   """
   mean_over_devices = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
 
@@ -123,27 +134,37 @@ def make_update(objective: objectives.Objective, axis_name: Optional[str] = AXIS
                                                                t_features))
       return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
 
-    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     grads = mean_over_devices(grads)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = mean_over_devices(metrics)
+    finite = jnp.isfinite(mean_over_devices(loss)) & _all_finite(grads)
+    metrics = {**mean_over_devices(metrics), "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    new = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+    if skip_nonfinite:
+      old = {"params": state.params, "batch_stats": state.batch_stats,
+             "opt_state": state.opt_state}
+      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     sums = {k: sums[k] + v if k in sums else v for k, v in metrics.items()}
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), sums, metrics
+    return state.replace(step=state.step + 1, **new), sums, metrics
 
   return update
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(objective: objectives.Objective, *, mean, std, augment: bool,
-                    axis_name: str = AXIS):
+                    axis_name: str = AXIS, skip_nonfinite: bool = False):
   """The pmapped training step for ``objective`` (an ``objectives.Objective``).
 
   ``train_step(state, sums, images, labels, indices, rng, teacher=None)`` -> ``(state, sums,
   metrics)``: :func:`training_batch` (this device's ``indices`` into the device-resident
   data) then :func:`make_update`'s update.
   """
-  update = make_update(objective, axis_name)
+  update = make_update(objective, axis_name, skip_nonfinite)
 
   def train_step(state: TrainState, sums: dict, images, labels, indices, rng, teacher=None):
     x, y = training_batch(images, labels, indices, rng, mean=mean, std=std, augment=augment)
@@ -240,6 +261,13 @@ def local_devices(num_devices: int) -> list:
   return available[:num_devices] if num_devices else available
 
 
+def strict_json(record: dict) -> str:
+  """JSON without the non-standard NaN/Infinity tokens: a non-finite number becomes null."""
+  clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+           for k, v in record.items()}
+  return json.dumps(clean, allow_nan=False)
+
+
 class _StopRequest:
   """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
 
@@ -284,7 +312,7 @@ class _Writer:
     kept = [r for r in checkpoints.read_metrics(os.path.dirname(self.metrics_path))
             if r.get("epoch", 0) <= last_epoch]
     with open(self.metrics_path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+      f.writelines(strict_json(r) + "\n" for r in kept)
 
   def scalars(self, step: int, values: dict) -> None:
     if self.tb:
@@ -295,7 +323,7 @@ class _Writer:
     if not self.enabled:
       return
     with open(self.metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(strict_json(record) + "\n")
     self.scalars(record["step"], {k: v for k, v in record.items()
                                   if isinstance(v, (int, float)) and k not in ("epoch", "step")})
     self.tb.flush()
@@ -411,7 +439,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
   put = functools.partial(replicate, devices=devices)
   mean, std = tuple(ds.mean), tuple(ds.std)
   pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=devices)
-  step = make_train_step(objective, mean=mean, std=std, augment=config.data.augment)
+  step = make_train_step(objective, mean=mean, std=std, augment=config.data.augment,
+                         skip_nonfinite=config.nan_policy == "skip")
   if teacher is None:
     p_train = pmap(lambda *a: step(*a), donate_argnums=(0, 1), in_axes=(0, 0, 0, 0, 0, None))
   else:
@@ -470,6 +499,7 @@ def _train_epochs(run: Run) -> dict:
   base_rng = jax.random.key(config.seed + 1)
   prev_params = None  # last epoch's params, for the flip ratio (none after a mid-epoch resume)
   teacher_args = () if run.teacher is None else (run.teacher,)
+  checked = run.start_step  # steps up to here are known to be finite
   with _StopRequest() as stop:
     for epoch in range(run.start_step // spe, config.num_epochs):
       indices = data.train_batch_indices(config.seed, epoch, n_train, config.batch_size, n_dev,
@@ -487,7 +517,8 @@ def _train_epochs(run: Run) -> dict:
         state, sums, metrics = run.p_train(state, sums, *run.train_data, indices[i], rng,
                                            *teacher_args)
         if (step + 1) % config.log_every_steps == 0 or i == spe - 1 or stop.requested:
-          m = {k: float(v[0]) for k, v in metrics.items()}
+          checked = _check_finite(run, sums, epoch, checked, step + 1)
+          m = {k: float(v[0]) for k, v in metrics.items() if k != "nonfinite"}
           run.writer.scalars(step + 1, {**{f"train/{k}_step": v for k, v in m.items()},
                                         "lr": float(run.lr_schedule(step))})
           bar.set_postfix({k: f"{v:.3f}" for k, v in m.items()})
@@ -503,8 +534,10 @@ def _train_epochs(run: Run) -> dict:
       elapsed = time.time() - t0
       state = run.p_sync(state)
       totals, counts = _merge_sums(carried, sums, spe - first)
+      nonfinite = int(totals.pop("nonfinite", 0.0))
       record = {"epoch": epoch + 1, "step": (epoch + 1) * spe,
                 **{f"train/{k}": totals[k] / counts[k] for k in totals},
+                "train/nonfinite_steps": nonfinite,
                 "lr": float(run.lr_schedule((epoch + 1) * spe - 1)),
                 "images_per_sec": (spe - first) * config.batch_size / elapsed,
                 "epoch_seconds": elapsed}
@@ -524,6 +557,25 @@ def _train_epochs(run: Run) -> dict:
         logging.info("epoch %d: %s", epoch + 1, _summary_line(record))
       _save(run.ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
   return record
+
+
+def _check_finite(run: Run, sums: dict, epoch: int, checked: int, step: int) -> int:
+  """Under nan_policy "stop": raises NonFiniteError if a step since ``checked`` was non-finite
+  (one scalar fetched, at a logging point); returns ``step`` (now checked)."""
+  if run.config.nan_policy == "stop" and float(sums["nonfinite"][0]) > 0:
+    raise NonFiniteError(
+        f"Training diverged: the loss or the gradients became NaN/inf in epoch {epoch + 1}, "
+        f"between steps {checked + 1} and {step} (learning rate "
+        f"{float(run.lr_schedule(step - 1)):.3g}). Nothing after the last good checkpoint "
+        f"({_last_good(run.ckpt)}) was saved. Lower --config.optim.lr (or add "
+        f"warmup: --config.optim.warmup_epochs), or set --config.nan_policy=skip to skip "
+        f"such steps.")
+  return step
+
+
+def _last_good(ckpt: checkpoints.Checkpointer) -> str:
+  step = ckpt.latest_step()
+  return "none yet" if step is None else f"step {step}"
 
 
 def _partial_sums(meta: dict) -> tuple[dict, dict]:

@@ -135,3 +135,11 @@ def test_non_finite_or_negative_learning_rate_is_refused(lr):
   c.optim.lr = lr
   with pytest.raises(ValueError, match=r"optim.lr=.* must be a finite number >= 0"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("width", [0.0, 0.005, -1.0, float("nan")])
+def test_width_that_empties_a_stage_is_refused(width):
+  c = load("quick_cpu.py")
+  c.model.width = width
+  with pytest.raises(ValueError, match=r"model.width=.*use a width of at least 1/128"):
+    config_lib.validate(c)

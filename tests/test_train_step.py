@@ -46,9 +46,9 @@ def test_step_minimises_the_objective_and_sums_its_metrics(tiny):
   want_loss = float(np.mean(losses.cross_entropy(logits, labels[:BATCH], 10)))
   want_acc = float(np.mean(np.argmax(logits, -1) == labels[:BATCH]))
 
-  zeros = one_device({"loss": np.float32(0), "accuracy": np.float32(0)})
+  zeros = one_device({"loss": np.float32(0), "accuracy": np.float32(0), "nonfinite": np.float32(0)})
   st, sums, m1 = p_step(one_device(state), zeros, images, labels, idx, jax.random.key(0))
-  assert set(m1) == {"loss", "accuracy"}
+  assert set(m1) == {"loss", "accuracy", "nonfinite"}
   np.testing.assert_allclose(float(m1["loss"][0]), want_loss, rtol=1e-5)
   assert float(m1["accuracy"][0]) == pytest.approx(want_acc)
   assert int(st.step[0]) == 1
@@ -83,7 +83,7 @@ def test_teacher_slot_kl_term_and_frozen_teacher(tiny):
   want_kl = float(losses.distillation_kl(logits, t_logits, 2.0))
   assert want_kl > 1e-3
 
-  zeros = one_device({k: np.float32(0) for k in ("loss", "ce", "kl", "semantic", "accuracy")})
+  zeros = one_device({k: np.float32(0) for k in ("loss", "ce", "kl", "semantic", "accuracy", "nonfinite")})
   replicated_teacher = one_device(teacher)
   st, _, m = p_step(one_device(state), zeros, images, labels, idx, jax.random.key(0),
                     replicated_teacher)
@@ -100,7 +100,8 @@ def test_teacher_slot_kl_term_and_frozen_teacher(tiny):
   ce_only = train_lib.make_train_step(objectives.classification(10), mean=MEAN, std=STD,
                                       augment=False)
   st_ce, _, _ = pmapped(ce_only)(one_device(state), one_device({"loss": np.float32(0),
-                                                                 "accuracy": np.float32(0)}),
+                                                                 "accuracy": np.float32(0),
+                                                                 "nonfinite": np.float32(0)}),
                                  images, labels, idx, jax.random.key(0))
   st_kd, _, _ = p_step(one_device(state), zeros, images, labels, idx, jax.random.key(0),
                        replicated_teacher)
@@ -136,3 +137,21 @@ def test_bit_entropy_and_balance_record():
   assert rec["balance/overall/p_plus"] == pytest.approx(0.375)
   assert rec["balance/overall/entropy"] == pytest.approx((1.0 + 0.8112781245) / 2)
   assert train_lib.balance_record({}) == {}
+
+
+def test_skip_policy_keeps_the_state_of_a_non_finite_step(tiny):
+  model, state, images, labels = tiny
+  update = jax.jit(train_lib.make_update(objectives.classification(10), axis_name=None,
+                                         skip_nonfinite=True))
+  x = np.asarray(data.normalize(images[:BATCH], MEAN, STD))
+  bad = x.copy()
+  bad[0, 0, 0, 0] = np.nan
+  st, sums, m = update(state, {}, bad, labels[:BATCH])
+  assert float(m["nonfinite"]) == 1.0 and int(st.step) == 1
+  for a, b in zip(jax.tree.leaves((st.params, st.batch_stats, st.opt_state)),
+                  jax.tree.leaves((state.params, state.batch_stats, state.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  st, sums, m = update(st, sums, x, labels[:BATCH])  # a good step updates, and is counted so
+  assert float(m["nonfinite"]) == 0.0 and float(sums["nonfinite"]) == 1.0
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(st.params),
+                                                      jax.tree.leaves(state.params)))
