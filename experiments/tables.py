@@ -38,8 +38,12 @@ EXTRA = {
 }
 
 
-def runs_of(arm: str, results: str = RESULTS) -> list[list[dict]]:
-  """The histories (metrics.jsonl records) of every seed of ``arm``, in seed order."""
+def runs_of(arm: str, results: str = RESULTS) -> list[tuple[int, list[dict]]]:
+  """(seed, history of metrics.jsonl records) of every finished seed of ``arm``.
+
+  A run's ``balance.json`` (experiments/balance_of_run.py, for runs logged before the
+  trainer measured the balance) fills in the last record's missing balance keys.
+  """
   out = []
   if not os.path.isdir(results):
     return out
@@ -48,12 +52,18 @@ def runs_of(arm: str, results: str = RESULTS) -> list[list[dict]]:
     path = os.path.join(results, name, "metrics.jsonl")
     if m and os.path.exists(path):
       with open(path) as f:
-        out.append([json.loads(line) for line in f if line.strip()])
+        history = [json.loads(line) for line in f if line.strip()]
+      extra = os.path.join(results, name, "balance.json")
+      if history and os.path.exists(extra):
+        with open(extra) as f:
+          history[-1] = {**json.load(f), **history[-1]}
+      out.append((int(m.group(1)), history))
   return out
 
 
 def row(arm: str, ablation: str, fp_acc: float | None, results: str = RESULTS) -> str:
-  runs = runs_of(arm, results)
+  seeds_and_runs = runs_of(arm, results)
+  runs = [r for _, r in seeds_and_runs]
   extra = EXTRA[ablation]
   if not runs:
     return f"| {arm} | (not run yet) |" + " |" * (3 + len(extra) + (ablation == "method2"))
@@ -61,7 +71,7 @@ def row(arm: str, ablation: str, fp_acc: float | None, results: str = RESULTS) -
   per_epoch = [statistics.mean(100 * r[e]["test/accuracy"] for r in runs) for e in range(epochs)]
   final = [100 * r[-1]["test/accuracy"] for r in runs]
   mean = statistics.mean(final)
-  cells = [arm, ", ".join(str(i) for i in range(len(runs))) if len(runs) > 1 else "0",
+  cells = [arm, ", ".join(str(seed) for seed, _ in seeds_and_runs),
            " / ".join(f"{a:.2f}" for a in per_epoch),
            f"**{mean:.2f}**" + (f" ({min(final):.2f}-{max(final):.2f})" if len(runs) > 1 else "")]
   if ablation == "method2":
@@ -78,7 +88,7 @@ def table(ablation: str, results: str = RESULTS) -> str:
   if ablation == "method2":
     head.append("gap to FP (points)")
     fp = runs_of("m2_fp", results)
-    fp_acc = statistics.mean(100 * r[-1]["test/accuracy"] for r in fp) if fp else None
+    fp_acc = statistics.mean(100 * r[-1]["test/accuracy"] for _, r in fp) if fp else None
   head += [name for name, _, _ in EXTRA[ablation]]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += [row(arm, ablation, fp_acc, results) for arm in ABLATIONS[ablation]]

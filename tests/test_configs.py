@@ -143,3 +143,15 @@ def test_width_that_empties_a_stage_is_refused(width):
   c.model.width = width
   with pytest.raises(ValueError, match=r"model.width=.*use a width of at least 1/128"):
     config_lib.validate(c)
+
+
+def test_readme_accelerator_installs_name_the_pinned_jax():
+  """The README's GPU/TPU install lines cannot drift from requirements.txt's jax pin."""
+  import re
+  repo = os.path.dirname(CONFIG_DIR)
+  pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open(os.path.join(repo, "requirements.txt")).read(),
+                         re.M))
+  readme = open(os.path.join(repo, "README.md")).read()
+  extras = re.findall(r'pip install "jax\[(cuda12|tpu)\]==([0-9.]+)"', readme)
+  assert {e for e, _ in extras} == {"cuda12", "tpu"}
+  assert all(v == pins["jax"] == pins["jaxlib"] for _, v in extras), (extras, pins["jax"])
