@@ -5,12 +5,20 @@ and ``checkpoints/<step>/{state,meta}``: ``state`` is the pytree
 ``{"step", "params", "batch_stats", "opt_state"}`` and ``meta`` a JSON dict
 (epoch, metrics, partial-epoch accumulators). The manager keeps the last
 ``keep`` checkpoints plus the ``keep_best`` best by ``best_metric``.
+
+Crash safety: orbax writes a step into ``<step>.orbax-checkpoint-tmp-<timestamp>/`` and
+renames it to ``<step>/`` only once every file is written, so a process killed mid-save
+leaves at most such a temporary folder, which is never listed as a step (and is removed
+when the next writable ``Checkpointer`` opens the directory). A step folder damaged after
+its commit (a truncated or corrupted file) is skipped by :meth:`Checkpointer.restore_latest_good`,
+which falls back to the newest readable step with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Optional
 
@@ -18,6 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_SUFFIX = ".damaged"  # <step>.damaged: a step set aside by restore_latest_good
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -38,6 +47,7 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, keep_best: int = 1,
                best_metric: str = "test/accuracy", read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
@@ -45,7 +55,9 @@ class Checkpointer:
           keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=False, create=not read_only, read_only=read_only)
+        enable_async_checkpointing=False, create=not read_only, read_only=read_only,
+        # Temporary folders of saves that never committed (a killed process): removed.
+        cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
 
@@ -89,8 +101,75 @@ class Checkpointer:
           f"(`rm -r {step_dir}`) {fallback}, or use a fresh --workdir.") from e
     return restored["state"], dict(restored["meta"])
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def restore_latest_good(self, target: Any = None) -> tuple[Any, dict]:
+    """Restores (state, meta) from the newest checkpoint that can be read.
+
+    Tries the steps newest first (``target`` as in :meth:`restore`). If newer steps are
+    damaged or incompatible, logs a warning naming them and the step restored; a writable
+    ``Checkpointer`` also moves their folders aside to ``<step>.damaged`` (kept for
+    inspection, no longer a step), so the resumed run can save those steps again.
+
+    Raises:
+      CheckpointError: when no step can be restored (with a single checkpoint, the same
+        error as :meth:`restore`), naming the folders and the fix.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    damaged: list[tuple[int, CheckpointError]] = []
+    for step in steps:
+      try:
+        state, meta = self.restore(step, target)
+      except CheckpointError as e:
+        damaged.append((step, e))
+        continue
+      if damaged:
+        self._fall_back(damaged, step)
+      return state, meta
+    if len(damaged) == 1:
+      raise damaged[0][1]
+    dirs = " ".join(self.step_dir(s) for s, _ in damaged)
+    causes = "; ".join(f"step {s}: {_cause(e)}" for s, e in damaged)
+    raise CheckpointError(
+        f"None of the {len(damaged)} checkpoints in {self.directory} (steps "
+        f"{[s for s, _ in damaged]}) can be restored; all are damaged or incompatible: "
+        f"{causes}\nFix: to start this run over, delete them (`rm -r {dirs}`) or use a fresh "
+        f"--workdir.") from damaged[0][1]
+
+  def _fall_back(self, damaged: list, good: int) -> None:
+    """Warns about (and, if writable, sets aside) the damaged steps newer than ``good``."""
+    moved = []
+    if not self.read_only:
+      primary = ocp.multihost.is_primary_host(0)
+      for step, _ in damaged:
+        src = self.step_dir(step)
+        dst, n = src + DAMAGED_SUFFIX, 1
+        while os.path.exists(dst):
+          dst, n = f"{src}{DAMAGED_SUFFIX}-{n}", n + 1
+        if primary:
+          os.rename(src, dst)
+        moved.append(dst)
+      ocp.multihost.sync_global_processes("bnn_jax_checkpoint_set_aside")
+      self.manager.reload()
+    names = ", ".join(str(s) for s, _ in damaged)
+    causes = "; ".join(f"step {s}: {_cause(e)}" for s, e in damaged)
+    logging.warning(
+        "Checkpoint step%s %s in %s cannot be restored (%s). Falling back to step %d, the "
+        "newest readable checkpoint; the steps after it are trained again.%s",
+        "s" if len(damaged) > 1 else "", names, self.directory, causes, good,
+        f" Set aside for inspection: {', '.join(moved)}." if moved else "")
+
   def close(self) -> None:
     self.manager.close()
+
+
+def _cause(error: CheckpointError) -> str:
+  """``Type: message`` (shortened) of what made a restore fail."""
+  cause = error.__cause__ or error
+  return f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
 
 
 @dataclasses.dataclass

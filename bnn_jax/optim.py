@@ -12,6 +12,11 @@ Both are gradient-side terms, like ``optax.add_decayed_weights``: chain them bef
 the base optimizer's scaling (``scale_by_adam`` / ``trace``) and the learning rate,
 so ``scale_by_learning_rate`` turns them into steps that move ``w`` toward +-t.
 
+``bop`` is a third transform, an alternative optimizer for the latent binary weights:
+Bop (Helwegen et al., NeurIPS 2019) flips a weight's sign when an exponential moving
+average of its gradient is strong enough, and never changes its magnitude
+(``build_optimizer`` with ``optim.name = "bop"``: Bop on ``binary_kernel``, Adam on the rest).
+
 Parameters are selected by name: latent binary weights are leaves called
 ``binary_kernel`` (``binary_mask``), real-valued weights ``kernel``
 (``real_kernel_mask``), so any JAX model that follows the convention works.
@@ -41,7 +46,9 @@ BINARY_KERNEL = "binary_kernel"
 REAL_KERNEL = "kernel"
 MEAN_ABS = "mean_abs"
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")         # optax aliases that train every parameter
+BINARY_OPTIMIZERS = ("bop",)                  # binary_kernel by this, the rest by Adam
+OPTIMIZER_NAMES = OPTIMIZERS + BINARY_OPTIMIZERS  # valid values of optim.name
 PLACEMENTS = ("gradient", "decoupled")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -362,6 +369,113 @@ def delayed_ramp(strength: float, start_steps: int, ramp_steps: int) -> ScalarOr
       [max(start_steps, 0)])
 
 
+# --- Bop: the binary optimizer -----------------------------------------------------------
+
+
+class BopState(NamedTuple):
+  """State of ``bop``: the step count (for schedules) and the gradient average m per masked leaf."""
+  count: jax.Array
+  momentum: Any
+
+
+def _check_bop_args(threshold: ScalarOrSchedule, gamma: ScalarOrSchedule) -> None:
+  """Range checks of float (not schedule, not traced) Bop hyperparameters."""
+  if not callable(threshold) and _is_concrete(threshold) and not threshold >= 0:
+    raise ValueError(f"bop: threshold (tau) must be >= 0, got {threshold!r}.")
+  if not callable(gamma) and _is_concrete(gamma) and not 0 <= gamma <= 1:
+    raise ValueError(f"bop: gamma must be in [0, 1], got {gamma!r}.")
+
+
+def bop_flips(momentum: jax.Array, w: jax.Array, threshold) -> jax.Array:
+  """Bool array: where Bop flips w, i.e. |m| > tau and sign(m) = sign(w) (sign(0) = +1).
+
+  Written as ``sign(w) * m > tau``, which is the same for tau >= 0 (it needs m != 0,
+  so sign(m) is never the sign(0) case) and is larq's ``w * m > tau`` for w = +-1.
+  """
+  return _sign(w) * momentum > threshold
+
+
+def bop(threshold: ScalarOrSchedule = 1e-8, gamma: ScalarOrSchedule = 1e-4,
+        mask: Mask = BINARY_KERNEL) -> optax.GradientTransformation:
+  r"""Bop, the binary optimizer: flips a weight's sign when its averaged gradient says so.
+
+  Per masked weight w with gradient g_t (m_0 = 0):
+
+    m_t  = (1 - gamma) * m_{t-1} + gamma * g_t              (exponential moving average)
+    flip = |m_t| > tau  and  sign(m_t) = sign(w)            (the gradient pushes w to the other sign)
+    update = -2 w where flip, 0 elsewhere                    (optax.apply_updates: w -> -w)
+
+  sign(0) = +1 (``_sign``, the library convention). m is not reset after a flip: it
+  now points against the new sign, so the weight stays until the average turns.
+  The update is the new parameter minus the old, so the transform is a complete
+  optimizer for its leaves: apply it directly, with no learning rate after it.
+
+  Latent magnitudes in this library. Bop's weights are +-1 (larq flips the sign).
+  Here the latent ``binary_kernel`` leaves are binarized as alpha * sign(w) with
+  alpha = mean|w| per output channel; w -> -w keeps |w|, so every latent magnitude,
+  and with it alpha, stays at its initial value for the whole run (Bop trains only
+  the signs; the following BatchNorm or gain absorbs the scale). Consequences:
+
+  * the gradient that reaches w is the layer's STE gradient, alpha * dL/d(binary w)
+    * 1[|w| <= clip]: tau is compared with m in those units (alpha times larq's), and
+    a weight initialised beyond the clip (|w| > 1) gets no gradient and never flips;
+  * a latent weight exactly 0 has the update -2 * 0 = 0: it stays 0 (binarized +1);
+  * the logged flip ratio (``weight_stats``, sign changes of ``binary_kernel`` between
+    epochs) counts exactly Bop's flips (except for such zeros, which do not flip);
+  * for a layer that standardizes its latent kernel before binarizing
+    (``standardize_weights``, the BN-free networks) a flip of w is not a flip of the
+    binarized weight: the per-channel mean moves with it.
+
+  Source: Helwegen, Widdicombe, Geiger, Liu, Cheng & Nusselder, "Latent weights do not
+  exist: Rethinking binarized neural network optimization", NeurIPS 2019 (Algorithm 1);
+  the defaults tau = 1e-8, gamma = 1e-4 are larq's (``larq.optimizers.Bop``), whose
+  update is ``m += gamma * (g - m); w = sign(-sign(w * m - tau) * w)``.
+
+  Args:
+    threshold: tau >= 0, a float or an optax schedule of the step count (count 0 on
+      the first update).
+    gamma: the adaptivity rate in [0, 1], a float or a schedule (the paper decays it
+      during training, as a learning rate).
+    mask: which leaves, via ``optax.masked`` (default ``"binary_kernel"``; see
+      ``w_regularization``). The other leaves' updates pass through unchanged, as
+      under any ``optax.masked``: train them with ``optax.multi_transform``, as
+      ``build_optimizer`` does, not by chaining another optimizer after this one.
+
+  Returns:
+    An ``optax.GradientTransformation`` with ``BopState(count, momentum)`` (under
+    ``optax.masked``); its ``update`` needs ``params``.
+
+  >>> import jax, jax.numpy as jnp, optax
+  >>> params = {"conv": {"binary_kernel": jnp.array([0.5, -0.25, 0.75])}, "head": {"kernel": jnp.ones(2)}}
+  >>> labels = lambda p: jax.tree.map(lambda b: "binary" if b else "real", binary_mask(p))
+  >>> tx = optax.multi_transform({"binary": bop(threshold=0.1, gamma=0.5, mask=None),
+  ...                             "real": optax.adam(1e-3)}, labels)
+  >>> grads = {"conv": {"binary_kernel": jnp.array([0.4, 0.4, -0.4])}, "head": {"kernel": jnp.ones(2)}}
+  >>> u, _ = tx.update(grads, tx.init(params), params)  # m = [0.2, 0.2, -0.2]: only w = 0.5 flips
+  >>> optax.apply_updates(params, u)["conv"]["binary_kernel"]
+  Array([-0.5 , -0.25,  0.75], dtype=float32)
+  """
+  _check_bop_args(threshold, gamma)
+
+  def init_fn(params):
+    _warn_if_nothing_selected("bop", params)
+    return BopState(count=jnp.zeros([], jnp.int32),
+                    momentum=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(updates, state, params=None):
+    _need_params("bop", params)
+    g_t = _value(gamma, state.count)
+    tau = _value(threshold, state.count)
+    momentum = jax.tree.map(lambda m, g: ((1 - g_t) * m + g_t * g).astype(m.dtype),
+                            state.momentum, updates)
+    updates = jax.tree.map(
+        lambda m, w, g: jnp.where(bop_flips(m, w, tau), -2 * w, 0).astype(g.dtype),
+        momentum, params, updates)
+    return updates, BopState(count=optax.safe_int32_increment(state.count), momentum=momentum)
+
+  return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask, "bop")
+
+
 # --- optimizer from a config ------------------------------------------------------------
 
 
@@ -372,7 +486,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
   (also from the command line: ``--config.optim.w_reg.target=mean_abs``).
   """
   o = ml_collections.ConfigDict()
-  o.name = "adam"                   # adam | adamw | sgd
+  o.name = "adam"                   # adam | adamw | sgd | bop (Bop on binary_kernel, Adam on the rest)
   o.lr = 1e-3                       # peak learning rate
   o.schedule = "cosine"             # cosine | linear | constant; decays to 0 at the end
   o.warmup_epochs = 0.0             # linear warmup from 0; 0 = none
@@ -402,6 +516,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.cosine_momentum.ramp_epochs = 0.0  # linear ramp 0 -> strength over these epochs; 0 = constant
   o.cosine_momentum.start_epochs = 0.0  # off before this, then the ramp
   o.cosine_momentum.placement = "gradient"  # gradient | decoupled
+
+  o.bop = ml_collections.ConfigDict()  # optim.name = "bop" only; defaults: larq.optimizers.Bop
+  o.bop.threshold = 1e-8            # tau: flip where |m| > tau and sign(m) = sign(w)
+  o.bop.gamma = 1e-4                # adaptivity rate of the gradient average m (constant)
   return o
 
 
@@ -451,6 +569,10 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
        ``decoupled(term, lr)``: their step is -lr(step) * strength * term.
   Weight decay never touches ``binary_kernel`` (that is ``binary_weight_decay``).
 
+  ``optim.name = "bop"`` builds a different optimizer, ``_build_bop``: Bop
+  (``optim.bop.threshold``, ``optim.bop.gamma``) on ``binary_kernel``, Adam with the
+  learning-rate schedule on everything else.
+
   Returns:
     ``(tx, lr_schedule)``: the ``optax.GradientTransformation`` and the learning-rate
     schedule (step -> lr) it uses, for logging.
@@ -468,8 +590,10 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   ...     optax.adamw(lr, weight_decay=1e-4, mask=optim.real_kernel_mask))
   """
   o = config.optim
-  _check_name("optim.name", o.name, OPTIMIZERS)
+  _check_name("optim.name", o.name, OPTIMIZER_NAMES)
   lr = learning_rate_schedule(o, config.num_epochs, steps_per_epoch)
+  if o.name == "bop":
+    return _build_bop(o, lr), lr
 
   parts, after = [], []
   if o.agc_clip > 0:
@@ -507,3 +631,39 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
     parts.append(optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
   parts += after
   return optax.chain(*parts), lr
+
+
+def _build_bop(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+  """``optim.name = "bop"``: Bop on the latent binary weights, Adam on the real-valued ones.
+
+    optax.chain(
+        optax.adaptive_grad_clip(agc_clip),                    # if agc_clip > 0, every leaf
+        optax.multi_transform(
+            {"binary": bop(threshold, gamma),                  # binary_kernel leaves
+             "real": chain(L2 weight_decay on kernel leaves, adam(lr, b1, b2))},
+            labels from binary_mask))
+
+  Bop sets only the signs of ``binary_kernel`` and never their magnitude, so the terms
+  that act on latent magnitudes (``w_reg``, ``cosine_momentum``, ``binary_weight_decay``)
+  are refused: added to the gradient they would be averaged into Bop's m and flip
+  weights for a reason that is not the loss.
+  """
+  conflicts = [name for name, on in (("optim.w_reg.enabled", o.w_reg.enabled),
+                                     ("optim.cosine_momentum.enabled", o.cosine_momentum.enabled),
+                                     ("optim.binary_weight_decay > 0", o.binary_weight_decay > 0))
+               if on]
+  if conflicts:
+    raise ValueError(
+        f"optim.name='bop' cannot be combined with {', '.join(conflicts)}: Bop only flips the "
+        f"signs of the {BINARY_KERNEL!r} leaves and never changes their magnitude, while these "
+        f"terms act on the latent magnitudes (added to the gradient they would enter Bop's "
+        f"average m and flip weights). Turn them off, or use optim.name=adam/adamw/sgd.")
+  binary = bop(o.bop.threshold, o.bop.gamma, mask=None)
+  real = [optax.adam(lr, b1=o.b1, b2=o.b2)]
+  if o.weight_decay > 0:
+    real.insert(0, optax.add_decayed_weights(o.weight_decay, mask=real_kernel_mask))
+  labels = lambda params: jax.tree.map(lambda b: "binary" if b else "real", binary_mask(params))
+  tx = optax.multi_transform({"binary": binary, "real": optax.chain(*real)}, labels)
+  if o.agc_clip > 0:
+    tx = optax.chain(optax.adaptive_grad_clip(o.agc_clip), tx)
+  return tx

@@ -32,20 +32,10 @@ def tiny_run(tmp_path_factory, cifar10_path) -> str:
   kept), config.json and two metrics.jsonl records. About 30-60 s on 2 CPU cores.
   """
   from bnn_jax import train_lib
-  from bnn_jax.config import base_config
+  from helpers import tiny_config
 
-  c = base_config()
-  c.model.name = "reactnet18"
-  c.model.width = 0.125
-  c.data.path = cifar10_path
-  c.data.train_subset = 512
-  c.data.test_subset = 256
-  c.batch_size = 64
-  c.num_epochs = 2
-  c.optim.lr = 5e-3        # large enough that signs flip between the two checkpoints
-  c.checkpoint.keep = 5
-  c.progress_bar = False
-  c.log_every_steps = 8
+  # lr large enough that signs flip between the two checkpoints; keep both
+  c = tiny_config(cifar10_path, **{"optim.lr": 5e-3, "checkpoint.keep": 5, "log_every_steps": 8})
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   train_lib.train_and_evaluate(c, workdir)
   return workdir

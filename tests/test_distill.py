@@ -9,28 +9,15 @@ import numpy as np
 import pytest
 
 from bnn_jax import checkpoints, objectives, train_lib
-from bnn_jax.config import base_config, set_model
+from helpers import tiny_config
 
 
 def student_config(cifar10_path, teacher_dir, **distill):
   """A width-0.125 ReActNet-18 student on 256 images: 4 steps of 64 per epoch, constant lr."""
-  c = base_config()
-  set_model(c, "reactnet18")
-  c.model.width = 0.125
-  c.data.path = cifar10_path
-  c.data.train_subset = 256
-  c.data.test_subset = 128
-  c.batch_size = 64
-  c.num_epochs = 2
-  c.optim.lr = 2e-3
-  c.optim.schedule = "constant"
-  c.progress_bar = False
-  c.teacher.workdir = teacher_dir
-  c.distill.semantic_weight = 1.0
-  c.distill.detail_weight = 10.0
-  for k, v in distill.items():
-    c.distill[k] = v
-  return c
+  return tiny_config(cifar10_path, **{
+      "data.train_subset": 256, "data.test_subset": 128, "optim.schedule": "constant",
+      "teacher.workdir": teacher_dir, "distill.semantic_weight": 1.0,
+      "distill.detail_weight": 10.0, **{f"distill.{k}": v for k, v in distill.items()}})
 
 
 def test_distillation_logs_each_term_resumes_exactly_and_never_saves_the_teacher(

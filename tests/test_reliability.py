@@ -8,31 +8,14 @@ import numpy as np
 import pytest
 
 from bnn_jax import checkpoints, train_lib
-from bnn_jax.config import base_config, set_model
+from helpers import tiny_config
 
 
 def config_for(cifar10_path, **overrides):
-  """A width-0.125 ReActNet-18 on 256 images: 4 SGD steps of 64 per epoch."""
-  c = base_config()
-  set_model(c, "reactnet18")
-  c.model.width = 0.125
-  c.data.path = cifar10_path
-  c.data.train_subset = 256
-  c.data.test_subset = 128
-  c.batch_size = 64
-  c.num_epochs = 1
-  c.optim.name = "sgd"
-  c.optim.lr = 0.05
-  c.optim.schedule = "constant"
-  c.progress_bar = False
-  c.log_every_steps = 2
-  for k, v in overrides.items():
-    section = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      section = section[p]
-    section[leaf] = v
-  return c
+  """A width-0.125 ReActNet-18 on 256 images: 4 SGD steps of 64 per epoch, 1 epoch."""
+  return tiny_config(cifar10_path, **{
+      "data.train_subset": 256, "data.test_subset": 128, "num_epochs": 1, "optim.name": "sgd",
+      "optim.lr": 0.05, "optim.schedule": "constant", "log_every_steps": 2, **overrides})
 
 
 def strict_records(workdir):

@@ -13,31 +13,10 @@ import optax
 import pytest
 
 from bnn_jax import checkpoints, train_lib
-from bnn_jax.config import base_config
+from helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("images_per_sec", "epoch_seconds")
-
-
-def tiny_config(cifar10_path, **overrides):
-  """A width-0.125 ReActNet-18 on 512 images: 8 steps of 64 per epoch."""
-  c = base_config()
-  c.model.width = 0.125
-  c.data.path = cifar10_path
-  c.data.train_subset = 512
-  c.data.test_subset = 256
-  c.batch_size = 64
-  c.num_epochs = 2
-  c.optim.lr = 2e-3
-  c.progress_bar = False
-  c.log_every_steps = 4
-  for key, value in overrides.items():
-    section = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      section = section[p]
-    section[leaf] = value
-  return c
 
 
 def final_params(workdir):

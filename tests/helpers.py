@@ -1,0 +1,31 @@
+"""What several test modules share: the small real-data training config."""
+
+from bnn_jax.config import base_config, set_model
+
+
+def set_path(config, key: str, value) -> None:
+  """config["a.b.c"] = value for a dotted key."""
+  section = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    section = section[p]
+  section[leaf] = value
+
+
+def tiny_config(cifar10_path, model: str = "reactnet18", **overrides):
+  """A width-0.125 network on 512 real CIFAR-10 images (256 test): 8 steps of 64 per epoch,
+  2 epochs, Adam 2e-3 cosine, no progress bar; ``overrides`` are dotted config keys."""
+  c = base_config()
+  set_model(c, model)
+  c.model.width = 0.125
+  c.data.path = cifar10_path
+  c.data.train_subset = 512
+  c.data.test_subset = 256
+  c.batch_size = 64
+  c.num_epochs = 2
+  c.optim.lr = 2e-3
+  c.progress_bar = False
+  c.log_every_steps = 4
+  for key, value in overrides.items():
+    set_path(c, key, value)
+  return c
