@@ -25,23 +25,6 @@ DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "da
                             "cifar-10-binary.tar.gz")
 
 
-def runner(step, state, sums, images, labels, indices, extra=()):
-  """The trainer's loop: one fold_in key per step, the sums carried on device."""
-  box = [state, sums, 0]
-  base = jax.random.key(1)
-
-  def run(n):
-    state, sums, i = box
-    for _ in range(n):
-      state, sums, _ = step(state, sums, images, labels, indices[i % len(indices)],
-                            jax.random.fold_in(base, i), *extra)
-      i += 1
-    jax.block_until_ready((state, sums))
-    box[:] = [state, sums, i]
-
-  return run
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   common.add_flags(parser, steps=3, repeats=7)
@@ -89,10 +72,10 @@ def main():
         tx, _ = optim.build_optimizer(config, data.steps_per_epoch(len(ds.train_labels), batch))
         state = common.init_state(m, tx)
         zeros = put({k: np.float32(0) for k in _metric_keys(objective)})
-        runners[name] = runner(p, put(state), zeros, images, labels, indices,
-                               () if t is None else (t,))
+        runners[name] = common.train_step_runner(p, put(state), zeros, images, labels, indices,
+                                                 () if t is None else (t,))
       t = common.time_interleaved(runners, args.steps, args.repeats, args.warmup)
-      (base, _), (new, _) = [(n, None) for n in runners]
+      base, new = list(runners)
       rows.append((title, batch, batch / t.median(base), batch / t.median(new),
                    t.median(new) / t.median(base)))
       spreads.append(f"{title}, batch {batch}: {t.spread()}")

@@ -53,20 +53,18 @@ def step_before(state, images, labels, indices, rng, *, mean, std, augment, num_
                        opt_state=opt_state), metrics
 
 
-def runner(kind, step, state, images, labels, indices, sums=None):
-  """The trainer's loop: fold_in key per step; "before" accumulated on the host each step."""
-  box = [state, 0, sums]
+def before_runner(step, state, images, labels, indices):
+  """The pre-refactor loop: fold_in key per step, metrics accumulated on the host each step
+  (as its ``_accumulate`` did)."""
+  box = [state, 0, {}]
   base = jax.random.key(1)
 
   def run(n):
     state, i, sums = box
     for _ in range(n):
-      rng = jax.random.fold_in(base, i)
-      if kind == "before":
-        state, metrics = step(state, images, labels, indices[i % len(indices)], rng)
-        sums = {k: sums.get(k, 0.0) + metrics[k][0] for k in metrics}  # as _accumulate did
-      else:
-        state, sums, metrics = step(state, sums, images, labels, indices[i % len(indices)], rng)
+      state, metrics = step(state, images, labels, indices[i % len(indices)],
+                            jax.random.fold_in(base, i))
+      sums = {k: sums.get(k, 0.0) + metrics[k][0] for k in metrics}
       i += 1
     jax.block_until_ready((state, sums))
     box[:] = [state, i, sums]
@@ -101,10 +99,10 @@ def main():
     template = common.init_state(model, tx)
     indices = data.train_batch_indices(0, 0, len(ds.train_labels), batch, 1)
     zeros = put({"loss": np.float32(0), "accuracy": np.float32(0), "nonfinite": np.float32(0)})
-    runners = {"before": runner("before", before, put(common.fresh_copy(template, tx)), images,
-                                labels, indices, {}),
-               "after": runner("after", after, put(common.fresh_copy(template, tx)), images,
-                               labels, indices, zeros)}
+    runners = {"before": before_runner(before, put(common.fresh_copy(template, tx)), images,
+                                       labels, indices),
+               "after": common.train_step_runner(after, put(common.fresh_copy(template, tx)),
+                                                 zeros, images, labels, indices)}
     t = common.time_interleaved(runners, args.steps, args.repeats, args.warmup)
     ips = {k: batch / t.median(k) for k in runners}
     rows.append((batch, ips["before"], ips["after"], t.median("after") / t.median("before")))

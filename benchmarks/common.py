@@ -172,6 +172,25 @@ def step_runner(step: Callable, state, *args) -> Callable[[int], None]:
   return run
 
 
+def train_step_runner(step: Callable, state, sums, images, labels, indices,
+                      extra=()) -> Callable[[int], None]:
+  """A runner for ``time_interleaved`` of a pmapped ``train_lib.make_train_step`` step, fed
+  as the trainer's loop feeds it: one ``fold_in`` key per step, the sums carried on device."""
+  box = [state, sums, 0]
+  base = jax.random.key(1)
+
+  def run(n: int) -> None:
+    state, sums, i = box
+    for _ in range(n):
+      state, sums, _ = step(state, sums, images, labels, indices[i % len(indices)],
+                            jax.random.fold_in(base, i), *extra)
+      i += 1
+    jax.block_until_ready((state, sums))
+    box[:] = [state, sums, i]
+
+  return run
+
+
 def replicate(tree, devices, axis_name: str = "batch"):
   """The trainer's placement (``bnn_jax.train_lib.replicate``): one compile per step."""
   from bnn_jax import train_lib

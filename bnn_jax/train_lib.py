@@ -425,7 +425,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
     write_config(config, workdir)
   meta = {}
   if ckpt.latest_step() is not None:
-    saved, meta = ckpt.restore(target=jax.tree.map(np.asarray, state.to_saveable()))
+    saved, meta = ckpt.restore_latest_good(jax.tree.map(np.asarray, state.to_saveable()))
     state = state.replace_from(saved)
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
   elif config.init_from:
