@@ -197,6 +197,26 @@ def replicate(tree, devices, axis_name: str = "batch"):
   return train_lib.replicate(tree, devices, axis_name)
 
 
+def same_function(logits_a, logits_b, grads_a, grads_b, logits_tol: float = 1e-3,
+                  grad_tol: float = 1e-2) -> tuple[bool, float, float]:
+  """Do two implementations compute the same function? ``(ok, logits_diff, grad_diff)``.
+
+  logits_diff = max |a - b| / (1 + max |b|) over the logits of one batch;
+  grad_diff = ||g_a - g_b|| / ||g_b|| over the WHOLE gradient (all parameters concatenated).
+  Binary activations make the per-parameter view fragile: one sign at a near tie (|x| ~ 1e-7
+  from 0) flips under float rounding and moves that layer's gradient by up to 1e-3 relative,
+  with identical functions. The whole-gradient norm barely moves for such a flip, while a
+  real difference (a broken layer, a wrong STE) moves the logits or a large share of the
+  gradient (tests/test_benchmarks.py checks both sides).
+  """
+  a, b = np.asarray(logits_a, np.float64), np.asarray(logits_b, np.float64)
+  logits_diff = float(np.abs(a - b).max() / (1.0 + np.abs(b).max()))
+  flat = lambda gs: np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in gs])
+  ga, gb = flat(grads_a), flat(grads_b)
+  grad_diff = float(np.linalg.norm(ga - gb) / (np.linalg.norm(gb) + 1e-30))
+  return logits_diff <= logits_tol and grad_diff <= grad_tol, logits_diff, grad_diff
+
+
 def count_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 

@@ -136,10 +136,10 @@ def test_bop_inject_hyperparams_jit():
   # m = g, tau = 0 flips wherever g points along sign(w).
   state.hyperparams["gamma"] = jnp.asarray(1.0)
   state.hyperparams["threshold"] = jnp.asarray(0.0)
-  w = jnp.array([0.5, -0.5, 0.5, -0.5])
-  u, state = update(jnp.array([0.1, 0.1, -0.1, -0.1]), state, w)
-  np.testing.assert_array_equal(u, [-1.0, 0.0, 0.0, 1.0])
-  np.testing.assert_allclose(state.inner_state.momentum, [0.1, 0.1, -0.1, -0.1])
+  w = jnp.array([0.5, -0.5, 0.5, -0.5, 0.25])
+  u, state = update(jnp.array([0.1, 0.1, -0.1, -0.1, 0.0]), state, w)
+  np.testing.assert_array_equal(u, [-1.0, 0.0, 0.0, 1.0, 0.0])
+  np.testing.assert_allclose(state.inner_state.momentum, [0.1, 0.1, -0.1, -0.1, 0.0])
 
 
 def _pmap_check():
@@ -267,4 +267,48 @@ def test_build_optimizer_bop_with_agc_runs_under_jit():
   params = _tree(jnp.array([[0.5, -0.5], [0.25, -0.25], [1.0, 0.0]]))
   u, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(u))
-  np.testing.assert_array_equal(_bk(u), 0.0)    # m = 1e-4 * clipped g: below nothing? tau = 1e-8
+  # defaults tau = 1e-8, gamma = 1e-4: m = 1e-4 * (clipped g > 0) > tau, so every w >= 0 flips
+  w = np.asarray(_bk(params))
+  np.testing.assert_array_equal(_bk(u), np.where(w >= 0, -2 * w, 0.0))
+
+
+@pytest.mark.parametrize("fields,named", [
+    ({"w_reg.enabled": True}, "optim.w_reg.enabled"),
+    ({"cosine_momentum.enabled": True}, "optim.cosine_momentum.enabled"),
+    ({"binary_weight_decay": 1e-5}, "optim.binary_weight_decay > 0"),
+])
+def test_build_optimizer_bop_refuses_magnitude_terms(fields, named):
+  with pytest.raises(ValueError, match=rf"optim.name='bop' cannot be combined with {named}"):
+    optim.build_optimizer(_config(name="bop", **fields), steps_per_epoch=10)
+  # all conflicts are named at once
+  c = _config(name="bop", binary_weight_decay=1e-5,
+              **{"w_reg.enabled": True, "cosine_momentum.enabled": True})
+  with pytest.raises(ValueError, match="w_reg.enabled, optim.cosine_momentum.enabled, optim.binary"):
+    optim.build_optimizer(c, steps_per_epoch=10)
+
+
+# --- the logged flip ratio under Bop ---------------------------------------------------------------
+
+
+def test_flip_ratio_after_bop_update_counts_the_flips():
+  # Two binary layers of different sizes, so the pooled ratio differs from the mean of the
+  # per-layer ratios. tau = 0, gamma = 1: m = g, flip where sign(w) * g > 0.
+  params = {"a": {"binary_kernel": jnp.array([[0.5, -0.25], [0.125, -1.0]])},
+            "b": {"binary_kernel": jnp.array([0.75, -0.5, 0.25, -0.125, 0.5, 0.25])},
+            "head": {"kernel": jnp.ones((2, 2))}}
+  grads = {"a": {"binary_kernel": jnp.array([[1.0, 1.0], [-1.0, -1.0]])},     # flips (0,0), (1,1)
+           "b": {"binary_kernel": jnp.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0])},  # flips 0
+           "head": {"kernel": jnp.ones((2, 2))}}
+  c = _config(name="bop", **{"bop.threshold": 0.0, "bop.gamma": 1.0})
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)
+  u, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, u)
+  s = weight_stats.latent_weight_stats(new, prev_params=params)
+  assert s["a"]["flip_ratio"] == 2 / 4
+  assert s["b"]["flip_ratio"] == 1 / 6
+  assert s["overall"]["flip_ratio"] == 3 / 10                        # hand count: 3 of 10
+  # Bop keeps every |w|, so the other statistics, alpha and e_q included, do not move.
+  before = weight_stats.latent_weight_stats(params)
+  for layer in ("a", "b", "overall"):
+    for key in ("mean_abs", "quant_error", "tail_frac", "alpha_tail_frac"):
+      assert s[layer][key] == pytest.approx(before[layer][key], abs=1e-12), (layer, key)
