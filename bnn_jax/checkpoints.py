@@ -6,8 +6,9 @@ and ``checkpoints/<step>/{state,meta}``: ``state`` is the pytree
 (epoch, metrics, partial-epoch accumulators). The manager keeps the last
 ``keep`` checkpoints plus the ``keep_best`` best by ``best_metric``.
 
-Crash safety: orbax writes a step into ``<step>.orbax-checkpoint-tmp-<timestamp>/`` and
-renames it to ``<step>/`` only once every file is written, so a process killed mid-save
+Crash safety: orbax (0.12.8) writes a step into ``<step>.orbax-checkpoint-tmp/`` (older
+versions add ``-<timestamp>``) and renames it to ``<step>/`` only once every file is
+written (``commit_success.txt`` last), so a process killed mid-save
 leaves at most such a temporary folder, which is never listed as a step (and is removed
 when the next writable ``Checkpointer`` opens the directory). A step folder damaged after
 its commit (a truncated or corrupted file) is skipped by :meth:`Checkpointer.restore_latest_good`,
@@ -158,9 +159,10 @@ class Checkpointer:
     causes = "; ".join(f"step {s}: {_cause(e)}" for s, e in damaged)
     logging.warning(
         "Checkpoint step%s %s in %s cannot be restored (%s). Falling back to step %d, the "
-        "newest readable checkpoint; the steps after it are trained again.%s",
+        "newest readable checkpoint.%s",
         "s" if len(damaged) > 1 else "", names, self.directory, causes, good,
-        f" Set aside for inspection: {', '.join(moved)}." if moved else "")
+        f" Set aside for inspection: {', '.join(moved)}; a resumed run trains the steps "
+        f"after {good} again." if moved else "")
 
   def close(self) -> None:
     self.manager.close()

@@ -9,8 +9,13 @@ Two sources give the same arrays (uint8 images ``[N, 32, 32, 3]`` NHWC, int32 la
   CIFAR-100: ``cifar-100-binary/train.bin``, ``test.bin``, 3074-byte records
   (coarse label, fine label, pixels); the fine label is used.
   Source: https://www.cs.toronto.edu/~kriz/cifar.html (Krizhevsky, 2009).
-- ``tfds``: TensorFlow Datasets ``cifar10`` / ``cifar100``. TensorFlow is imported only
+- ``tfds``: TensorFlow Datasets ``cifar10`` / ``cifar100``, returned in the archive's order
+  (TFDS's ``id`` feature), so both sources give identical arrays. TensorFlow is imported only
   inside :func:`load_tfds`, so ``import bnn_jax.data`` works on machines without it.
+
+Damaged data (a truncated or corrupt archive, a member whose size is not a whole number of
+records, a label out of range, a TFDS folder lacking a prepared split) raises a one-line
+ValueError / FileNotFoundError naming the file and the fix, before any model is built.
 
 The whole dataset fits in device memory (150 MB uint8), so the trainer keeps it there and
 feeds only indices (:func:`train_batch_indices`, :func:`eval_batch_indices`); augmentation
@@ -25,6 +30,7 @@ import functools
 import os
 import posixpath
 import tarfile
+import zlib
 from typing import NamedTuple
 
 import jax
@@ -43,6 +49,7 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 IMAGE_SHAPE = (32, 32, 3)
 _PIXELS = 32 * 32 * 3
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,19 +121,27 @@ class CifarData(NamedTuple):
 # Local binary archive
 # ----------------------------------------------------------------------------
 
+def _refetch(spec: _Spec) -> str:
+  return f"download the official {spec.archive} again ({CIFAR_URL})"
+
+
 def _decode_records(buf: bytes, spec: _Spec, name: str) -> tuple[np.ndarray, np.ndarray]:
   """Decodes CIFAR binary records into (uint8 NHWC images, int32 labels)."""
   rec = spec.record_bytes
   if len(buf) == 0 or len(buf) % rec:
     raise ValueError(
         f"{name}: {len(buf)} bytes is not a whole number of {rec}-byte records "
-        f"({spec.label_bytes} label byte(s) + {_PIXELS} pixels per image); the file is "
-        f"truncated or not a {spec.dirname} file (wrong --config.data.dataset?).")
+        f"({spec.dirname}: {spec.label_bytes} label byte(s) + {_PIXELS} pixels per image; "
+        f"{len(buf) // rec} whole, {len(buf) % rec} bytes left over): the file is truncated "
+        f"or damaged. Fix: {_refetch(spec)}.")
   arr = np.frombuffer(buf, np.uint8).reshape(-1, rec)
   labels = arr[:, spec.label_index].astype(np.int32)
-  if labels.max() >= spec.num_classes:
-    raise ValueError(f"{name}: label {labels.max()} out of range for {spec.num_classes} "
-                     f"classes; not a {spec.dirname} file (wrong --config.data.dataset?).")
+  bad = np.flatnonzero(labels >= spec.num_classes)
+  if bad.size:
+    raise ValueError(
+        f"{name}: record {bad[0]} has label {labels[bad[0]]}, outside 0..{spec.num_classes - 1} "
+        f"({bad.size} record(s) out of range): the file is damaged or not {spec.dirname} "
+        f"data. Fix: {_refetch(spec)}, or set --config.data.dataset to the dataset it holds.")
   images = arr[:, spec.label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), labels
 
@@ -150,9 +165,16 @@ def _read_members(path: str, spec: _Spec) -> dict[str, bytes]:
           if (member.isfile() and parts[-1] in wanted
               and (len(parts) == 1 or parts[-2] == spec.dirname)):
             found[parts[-1]] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-      raise ValueError(f"Cannot read the CIFAR archive {path}: {e} (truncated or not a "
-                       f".tar.gz? expected the official {spec.archive}).") from e
+        # tarfile stops at the end-of-archive block; read the stream to its end so that gzip
+        # checks its CRC and length (a corrupt or cut archive whose members all decoded).
+        while tar.fileobj.read(1 << 20):
+          pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+      reason = " ".join(str(e).split()) or type(e).__name__
+      raise ValueError(
+          f"Cannot read the CIFAR archive {path}: {reason} (truncated, corrupt or not a "
+          f".tar.gz). Fix: {_refetch(spec)} and point --config.data.path at it (or at a "
+          f"directory holding {spec.dirname}/).") from e
     where = f"archive {path}"
   missing = sorted(wanted - set(found))
   if missing:
@@ -236,10 +258,14 @@ def load_tfds(dataset: str, data_dir: str = "", manual_dir: str = "",
   Prepares the dataset when it is missing and either ``download`` is set or ``manual_dir``
   holds the *official* archive (``cifar-10-binary.tar.gz``; TFDS checks its sha256, so a
   re-packed copy is refused: read that one with :func:`load_cifar_binary`). Otherwise
-  raises FileNotFoundError at once, without touching the network.
+  raises FileNotFoundError at once, without touching the network. A prepared folder that
+  lacks a split or one of its files is a FileNotFoundError naming it (checked before any
+  reading), and an unreadable record file a ValueError naming the folder.
 
   Returns:
-    Same as :func:`load_cifar_binary` (TFDS's example order, not the archive's).
+    Same as :func:`load_cifar_binary`, in the same (archive) order: TFDS stores the
+    examples shuffled, and they are put back in order by their ``id`` (``train_00042`` is
+    record 42 of the training files).
   """
   spec = _spec(dataset)
   try:
@@ -267,12 +293,44 @@ def load_tfds(dataset: str, data_dir: str = "", manual_dir: str = "",
             f"--config.data.path={archive or '/path/to/' + spec.archive}.") from e
       raise
 
+  where = str(builder.data_dir)
+  fix = (f"Fix: delete {where} and prepare it again (--config.data.download=True, or "
+         f"--config.data.manual_dir=DIR holding the official {spec.archive}), or read the "
+         f"archive directly: --config.data.path=/path/to/{spec.archive}.")
+  _check_tfds_splits(builder, dataset, where, fix)
   out = {}
   for split in ("train", "test"):
-    images, labels = tfds.as_numpy(
-        builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-    out[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+    try:
+      ex = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    except Exception as e:  # pylint: disable=broad-except
+      if type(e).__module__.startswith("tensorflow"):  # DataLossError, NotFoundError, ...
+        reason = " ".join(str(e).split())[:300]
+        raise ValueError(f"TFDS {dataset} in {where}: cannot read the {split!r} split "
+                         f"({type(e).__name__}: {reason}). {fix}") from e
+      raise
+    images = np.asarray(ex["image"], np.uint8)
+    labels = np.asarray(ex["label"], np.int32)
+    if "id" in ex:  # "train_00042" -> 42: the archive's order
+      order = np.argsort([int(i.rsplit(b"_", 1)[-1]) for i in ex["id"]], kind="stable")
+      images, labels = images[order], labels[order]
+    out[split] = (images, labels)
   return out
+
+
+def _check_tfds_splits(builder, dataset: str, where: str, fix: str) -> None:
+  """FileNotFoundError if the prepared ``builder`` lacks the train/test split or a file."""
+  splits = builder.info.splits
+  for split in ("train", "test"):
+    if split not in splits:
+      raise FileNotFoundError(
+          f"TFDS {dataset} in {where} has no prepared {split!r} split (its dataset_info.json "
+          f"lists {sorted(splits.keys())}). {fix}")
+    files = list(splits[split].filepaths)
+    missing = [f for f in files if not f.exists()]
+    if missing:
+      raise FileNotFoundError(
+          f"TFDS {dataset} in {where}: the {split!r} split lacks {missing[0]} ({len(missing)} "
+          f"of its {len(files)} file(s) missing). {fix}")
 
 
 # ----------------------------------------------------------------------------

@@ -88,6 +88,16 @@ def _child(directory, mode):
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _finish(proc, timeout=60):
+  """(return code, stderr tail) of the child; closes its pipes."""
+  try:
+    rc = proc.wait(timeout=timeout)
+    return rc, proc.stderr.read()[-3000:]
+  finally:
+    proc.stdout.close()
+    proc.stderr.close()
+
+
 def _wait_for(proc, token, timeout=120):
   t_end = time.monotonic() + timeout
   while time.monotonic() < t_end:
@@ -97,8 +107,8 @@ def _wait_for(proc, token, timeout=120):
     if line.startswith(token):
       return line
   proc.kill()
-  raise AssertionError(f"child never printed {token}: rc {proc.wait()}, "
-                       f"stderr {proc.stderr.read()[-3000:]}")
+  rc, err = _finish(proc)
+  raise AssertionError(f"child never printed {token}: rc {rc}, stderr {err}")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +116,8 @@ def save_seconds(tmp_path_factory):
   """Length of the step-3 save (steps 1 and 2 already saved in the same process)."""
   proc = _child(tmp_path_factory.mktemp("calibrate"), "calibrate")
   line = _wait_for(proc, "SAVED")
-  assert proc.wait(timeout=60) == 0
+  rc, err = _finish(proc)
+  assert rc == 0, err
   return float(line.split()[1])
 
 
@@ -139,7 +150,8 @@ def _check_resume(directory, caplog):
 def test_kill_at_fixed_points_inside_a_save(point, tmp_path, caplog):
   proc = _child(tmp_path, point)
   _wait_for(proc, "SAVING")
-  assert proc.wait(timeout=60) == -signal.SIGKILL, proc.stderr.read()[-3000:]
+  rc, err = _finish(proc)
+  assert rc == -signal.SIGKILL, err
   left, step = _check_resume(tmp_path, caplog)
   print(f"kill at {point}: left {left}, restored step {step}")  # shown with -s
   if point == "after_rename":
@@ -155,7 +167,7 @@ def test_kill_after_a_delay_inside_a_save(fraction, save_seconds, tmp_path, capl
   _wait_for(proc, "SAVING")
   time.sleep(fraction * save_seconds)
   proc.send_signal(signal.SIGKILL)
-  rc = proc.wait(timeout=60)
+  rc, _ = _finish(proc)
   left, step = _check_resume(tmp_path, caplog)
   print(f"kill {fraction} x {save_seconds:.3f} s into the save: rc {rc}, left {left}, "
         f"restored step {step}")  # shown with -s

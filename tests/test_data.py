@@ -1,6 +1,10 @@
-"""Data: the real CIFAR-10 binary archive, device-side augmentation, index batching, TFDS errors."""
+"""Data: the real CIFAR-10 binary archive, device-side augmentation, index batching, damaged
+inputs, and the TFDS source end to end (prepared offline from real CIFAR-10 records)."""
 
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -33,13 +37,29 @@ def _run_python(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def raw_members(cifar10_path):
-  """Raw bytes of every .bin member, read by hand with tarfile (one pass over the archive)."""
+  """Raw bytes of every .bin member and batches.meta.txt, read by hand with tarfile (one
+  pass over the archive)."""
   out = {}
   with tarfile.open(cifar10_path, "r:gz") as tar:
     for m in tar:
-      if m.isfile() and m.name.endswith(".bin"):
+      if m.isfile() and m.name.endswith((".bin", "/batches.meta.txt")):
         out[os.path.basename(m.name)] = tar.extractfile(m).read()
   return out
+
+
+def _small_archive(path, raw_members, records=40, edit=None):
+  """A cifar-10-binary.tar.gz of the first ``records`` real records of every member, plus
+  batches.meta.txt; ``edit(name, bytes) -> bytes`` may damage a member."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+    members = {n: b[:records * 3073] if n.endswith(".bin") else b
+               for n, b in sorted(raw_members.items())}
+    for name, buf in members.items():
+      buf = edit(name, buf) if edit else buf
+      info = tarfile.TarInfo(f"{BIN}/{name}")
+      info.size = len(buf)
+      tar.addfile(info, io.BytesIO(buf))
+  return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +153,85 @@ def test_truncated_archive_is_a_clear_error(cifar10_path, tmp_path):
     broken.write_bytes(f.read(1_000_000))
   with pytest.raises(ValueError, match="Cannot read the CIFAR archive .*cifar-10-binary.tar.gz"):
     data.load_cifar_binary(str(broken))
+
+
+def _one_line_error(exc_info):
+  msg = str(exc_info.value)
+  assert "\n" not in msg, msg
+  return msg
+
+
+def test_damaged_real_archives_are_one_line_errors_naming_file_and_fix(raw_members, tmp_path):
+  """Re-packed from real records: a member cut mid-record, a label byte set to 200, the
+  .tar.gz cut at several points or with a flipped byte."""
+  def cut(name, buf):
+    return buf[:-1000] if name == "data_batch_1.bin" else buf
+
+  def relabel(name, buf):
+    if name != "data_batch_3.bin":
+      return buf
+    b = bytearray(buf)
+    b[7 * 3073] = 200  # record 7's label byte
+    return bytes(b)
+
+  path = _small_archive(tmp_path / "cut" / "cifar-10-binary.tar.gz", raw_members, edit=cut)
+  with pytest.raises(ValueError) as e:
+    data.load_cifar_binary(path)
+  assert _one_line_error(e).startswith(
+      f"{path}:{BIN}/data_batch_1.bin: 121920 bytes is not a whole number of 3073-byte records")
+  assert "39 whole, 2073 bytes left over" in str(e.value)
+  assert "Fix: download the official cifar-10-binary.tar.gz again" in str(e.value)
+
+  path = _small_archive(tmp_path / "label" / "cifar-10-binary.tar.gz", raw_members,
+                        edit=relabel)
+  with pytest.raises(ValueError) as e:
+    data.load_cifar_binary(path)
+  assert _one_line_error(e).startswith(
+      f"{path}:{BIN}/data_batch_3.bin: record 7 has label 200, outside 0..9")
+  assert "Fix: download the official" in str(e.value)
+  assert "--config.data.dataset" in str(e.value)
+
+  whole = (tmp_path / "ok.tar.gz")
+  _small_archive(whole, raw_members)
+  blob = whole.read_bytes()
+  # The gzip header, inside a member, just before the end, without the gzip trailer.
+  for i, keep in enumerate((5, len(blob) // 3, len(blob) - 200, len(blob) - 4)):
+    broken = tmp_path / f"cut{i}" / "cifar-10-binary.tar.gz"
+    broken.parent.mkdir()
+    broken.write_bytes(blob[:keep])
+    with pytest.raises(ValueError) as e:
+      data.load_cifar_binary(str(broken))
+    msg = _one_line_error(e)
+    assert msg.startswith(f"Cannot read the CIFAR archive {broken}: "), msg
+    assert "Fix: download the official cifar-10-binary.tar.gz again" in msg
+  flipped = bytearray(blob)
+  flipped[len(blob) // 2] ^= 0xFF   # corrupt compressed data (zlib error or CRC mismatch)
+  (tmp_path / "flip.tar.gz").write_bytes(bytes(flipped))
+  with pytest.raises(ValueError, match=r"Cannot read the CIFAR archive .*flip\.tar\.gz: .*Fix"):
+    data.load_cifar_binary(str(tmp_path / "flip.tar.gz"))
+
+
+def test_damaged_data_fails_before_any_compile(raw_members, tmp_path, monkeypatch):
+  from bnn_jax import train_lib
+  from bnn_jax.config import base_config
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("the model was built before the data error")
+
+  monkeypatch.setattr(train_lib, "build_model", no_model)
+  compiles = []
+  listener = lambda name, *a, **k: compiles.append(name) if "compile" in name else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    c = base_config()
+    c.data.path = _small_archive(tmp_path / "cifar-10-binary.tar.gz", raw_members,
+                                 edit=lambda n, b: b[:-1] if n == "test_batch.bin" else b)
+    c.progress_bar = False
+    with pytest.raises(ValueError, match=r"test_batch\.bin: 122919 bytes is not a whole"):
+      train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles, compiles
 
 
 def test_missing_members_are_named(tmp_path):
@@ -351,6 +450,115 @@ def test_tfds_missing_data_fails_fast_with_fixes(cifar10_path, tmp_path):
   assert checksum and "sha256 differs" in checksum[0], r.stdout + r.stderr[-3000:]
   assert f"--config.data.path={manual / 'cifar-10-binary.tar.gz'}" in checksum[0]
   assert elapsed < 30, f"TFDS error path took {elapsed:.1f} s"
+
+
+@pytest.fixture(scope="module")
+def tfds_prepared(raw_members, tmp_path_factory):
+  """The project's TFDS path, end to end and offline: ``data.load_dataset(source="tfds")``
+  prepares TFDS's real ``cifar10`` builder from a manual_dir archive of real CIFAR-10
+  records (the first 40 of each member: 200 train, 40 test images), then loads it.
+
+  TFDS accepts a manual_dir archive only with the registered sha256 of the official one;
+  here (only while preparing) the builder's registered checksum is that of the small archive,
+  the one thing this fixture changes. TensorFlow is imported here, once per module.
+  """
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core.download import checksums
+  from etils import epath
+
+  root = tmp_path_factory.mktemp("tfds_src")
+  (root / "manual").mkdir()
+  archive = _small_archive(root / "manual" / "cifar-10-binary.tar.gz", raw_members)
+  cls = tfds.builder_cls("cifar10")
+  url = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+  assert url in cls.url_infos  # the official archive's entry, replaced below
+  cfg = data.default_data_config()
+  cfg.source, cfg.tfds_data_dir, cfg.manual_dir = "tfds", str(root / "tfds"), str(root / "manual")
+  t0 = time.time()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(cls, "url_infos", {url: checksums.compute_url_info(epath.Path(archive))})
+    prepared = data.load_dataset(cfg)
+  seconds = time.time() - t0
+  return {"tfds": tfds, "config": cfg, "archive": archive, "prepared": prepared,
+          "data_dir": root / "tfds", "seconds": seconds,
+          "class_names": raw_members["batches.meta.txt"].decode().split()}
+
+
+def _fields(ds):
+  return dict(ds._asdict())
+
+
+def test_tfds_source_equals_the_local_source(tfds_prepared):
+  tfds, cfg = tfds_prepared["tfds"], tfds_prepared["config"]
+  local_cfg = _config(source="local", path=tfds_prepared["archive"])
+  local = data.load_dataset(local_cfg)
+  assert local.train_images.shape == (200, 32, 32, 3) and local.test_images.shape == (40, 32, 32, 3)
+  # Prepared in the fixture, then loaded again from the prepared folder (no preparation).
+  for ds in (tfds_prepared["prepared"], data.load_dataset(cfg)):
+    got, want = _fields(ds), _fields(local)
+    assert got.keys() == want.keys()
+    for k in ("num_classes", "mean", "std"):
+      assert got[k] == want[k], k
+    for k in ("train_images", "train_labels", "test_images", "test_labels"):
+      assert got[k].dtype == want[k].dtype, k
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)  # same order: by TFDS id
+  # Subsets and normalization follow, identical.
+  a = data.load_dataset(_config(source="tfds", tfds_data_dir=cfg.tfds_data_dir,
+                                train_subset=50, test_subset=20))
+  b = data.load_dataset(_config(source="local", path=tfds_prepared["archive"],
+                                train_subset=50, test_subset=20))
+  np.testing.assert_array_equal(a.train_images, b.train_images)
+  np.testing.assert_array_equal(a.test_labels, b.test_labels)
+  np.testing.assert_array_equal(data.normalize(a.train_images[:8], a.mean, a.std),
+                                data.normalize(b.train_images[:8], b.mean, b.std))
+  # TFDS's own dataset info agrees: split sizes, classes, the archive's class names.
+  info = tfds.builder("cifar10", data_dir=cfg.tfds_data_dir).info
+  assert {k: v.num_examples for k, v in info.splits.items()} == {"train": 200, "test": 40}
+  assert info.features["label"].num_classes == local.num_classes == 10
+  names = tfds_prepared["class_names"]
+  assert info.features["label"].names == names and len(names) == 10
+  assert tfds_prepared["seconds"] < 60, tfds_prepared["seconds"]
+
+
+def test_tfds_folder_without_a_prepared_split_is_a_clear_error(tfds_prepared, tmp_path):
+  version = os.path.join("cifar10", "3.0.2")
+
+  def damaged(name, edit):
+    root = tmp_path / name
+    shutil.copytree(tfds_prepared["data_dir"] / "cifar10", root / "cifar10")
+    edit(root / version)
+    return str(root), str(root / version)
+
+  def drop_test_files(v):
+    for f in v.glob("cifar10-test.tfrecord-*"):
+      f.unlink()
+
+  def drop_test_split(v):
+    info = json.loads((v / "dataset_info.json").read_text())
+    info["splits"] = [sp for sp in info["splits"] if sp["name"] != "test"]
+    (v / "dataset_info.json").write_text(json.dumps(info))
+
+  def truncate_train(v):
+    [f] = v.glob("cifar10-train.tfrecord-*")
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+  fix = r"Fix: delete {} and prepare it again .*--config\.data\.path=/path/to/cifar-10-binary"
+  data_dir, where = damaged("files", drop_test_files)
+  with pytest.raises(FileNotFoundError,
+                     match=rf"in {where}: the 'test' split lacks {where}/cifar10-test\.tfrecord-"
+                           rf"00000-of-00001 .*" + fix.format(where)) as e:
+    data.load_dataset(_config(source="tfds", tfds_data_dir=data_dir))
+  _one_line_error(e)
+  data_dir, where = damaged("info", drop_test_split)
+  with pytest.raises(FileNotFoundError, match=rf"in {where} has no prepared 'test' split "
+                                              rf"\(its dataset_info\.json lists \['train'\]\)") as e:
+    data.load_tfds("cifar10", data_dir)
+  _one_line_error(e)
+  data_dir, where = damaged("truncated", truncate_train)
+  with pytest.raises(ValueError, match=rf"in {where}: cannot read the 'train' split "
+                                       rf"\(DataLossError: .*" + fix.format(where)) as e:
+    data.load_tfds("cifar10", data_dir)
+  _one_line_error(e)
 
 
 def test_augment_each_is_independent_of_how_the_batch_is_split():
