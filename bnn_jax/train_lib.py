@@ -532,10 +532,10 @@ def _train_epochs(run: Run) -> dict:
       elapsed = time.time() - t0
       state = run.p_sync(state)
       totals, counts = _merge_sums(carried, sums, spe - first)
-      nonfinite = int(totals.pop("nonfinite", 0.0))
+      nonfinite = int(totals.pop("nonfinite", 0.0))  # 0 under "stop" (it would have raised)
       record = {"epoch": epoch + 1, "step": (epoch + 1) * spe,
                 **{f"train/{k}": totals[k] / counts[k] for k in totals},
-                "train/nonfinite_steps": nonfinite,
+                **({"train/nonfinite_steps": nonfinite} if config.nan_policy == "skip" else {}),
                 "lr": float(run.lr_schedule((epoch + 1) * spe - 1)),
                 "images_per_sec": (spe - first) * config.batch_size / elapsed,
                 "epoch_seconds": elapsed}

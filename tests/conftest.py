@@ -34,8 +34,7 @@ def tiny_run(tmp_path_factory, cifar10_path) -> str:
   from bnn_jax import train_lib
   from helpers import tiny_config
 
-  # lr large enough that signs flip between the two checkpoints; keep both
-  c = tiny_config(cifar10_path, **{"optim.lr": 5e-3, "checkpoint.keep": 5, "log_every_steps": 8})
+  c = tiny_config(cifar10_path, **{"checkpoint.keep": 5, "log_every_steps": 8})
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   train_lib.train_and_evaluate(c, workdir)
   return workdir

@@ -90,6 +90,8 @@ def test_forward_at_width_1_with_features(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_steps_at_small_width_reduce_loss(name):
   model = get_model(name, width=0.125, num_classes=10)
+  if hasattr(model, "blocks_per_stage"):  # the same blocks, one per stage: 4x cheaper to compile
+    model = model.clone(blocks_per_stage=(1, 1, 1, 1))
   x = jnp.asarray(np.random.RandomState(1).randn(16, 32, 32, 3), jnp.float32)
   y = jnp.arange(16) % 10
   variables = model.init(jax.random.key(0), x)

@@ -45,6 +45,7 @@ def cli_args(cifar10_path, workdir, **flags):
   """train.py arguments for tiny_config(cifar10_path, **flags): quick_cpu.py with overrides."""
   values = {"data.path": cifar10_path, "model.width": 0.125, "data.train_subset": 512,
             "data.test_subset": 256, "batch_size": 64, "num_epochs": 2, "optim.lr": 0.002,
+            "optim.schedule": "constant",
             "progress_bar": False, "log_every_steps": 4, **flags}
   return (["--config", os.path.join(REPO, "configs", "quick_cpu.py"), "--workdir", workdir]
           + [f"--config.{k}={v}" for k, v in values.items()])
