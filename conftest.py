@@ -36,4 +36,5 @@ _LONG_FIRST = ("test_train.py", "test_distill.py", "test_reliability.py", "test_
 
 
 def pytest_collection_modifyitems(config, items):
-  items.sort(key=lambda item: 0 if item.fspath.basename in _LONG_FIRST else 1)
+  rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.fspath.basename, len(rank)))
