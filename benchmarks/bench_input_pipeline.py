@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 
 import jax
 import numpy as np
@@ -32,10 +31,6 @@ import numpy as np
 import common
 from bnn_jax import config as config_lib
 from bnn_jax import data, objectives, optim, train_lib
-
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                            "cifar-10-binary.tar.gz")
-
 
 def data_runner(step, state, images, labels, indices):
   """Runs ``step`` as the trainer's loop does: host index slice + ``fold_in`` key per step.
@@ -61,9 +56,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   common.add_flags(parser, steps=2, repeats=5)
   parser.add_argument("--batches", default="32,64,128", help="comma-separated batch sizes")
-  parser.add_argument("--data", default=os.environ.get("BNN_JAX_CIFAR10", DEFAULT_DATA),
-                      help="CIFAR-10 binary archive (default: $BNN_JAX_CIFAR10 or "
-                           "../shared/data/cifar-10-binary.tar.gz)")
+  common.add_data_flag(parser)
   args = parser.parse_args()
 
   config = config_lib.base_config()

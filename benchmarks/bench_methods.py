@@ -12,7 +12,6 @@ CIFAR-10 indices with crop + flip, Adam, one CPU device; alternating repeats, me
 
 import argparse
 import functools
-import os
 
 import jax
 import numpy as np
@@ -21,15 +20,11 @@ import common
 from bnn_jax import config as config_lib
 from bnn_jax import data, models, objectives, optim, teacher as teacher_lib, train_lib
 
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                            "cifar-10-binary.tar.gz")
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   common.add_flags(parser, steps=3, repeats=7)
   parser.add_argument("--batches", default="128")
-  parser.add_argument("--data", default=os.environ.get("BNN_JAX_CIFAR10", DEFAULT_DATA))
+  common.add_data_flag(parser)
   args = parser.parse_args()
   common.use_xla_flags(common.TUNED_XLA_FLAGS)  # what train.py runs with
   config = config_lib.base_config()

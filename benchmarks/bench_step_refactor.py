@@ -12,7 +12,6 @@ alternating repeats (``common.time_interleaved``), medians.
 
 import argparse
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +21,6 @@ import optax
 import common
 from bnn_jax import config as config_lib
 from bnn_jax import data, losses, objectives, optim, train_lib
-
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                            "cifar-10-binary.tar.gz")
-
 
 def step_before(state, images, labels, indices, rng, *, mean, std, augment, num_classes,
                 axis_name="batch"):
@@ -76,7 +71,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   common.add_flags(parser, steps=3, repeats=7)
   parser.add_argument("--batches", default="128")
-  parser.add_argument("--data", default=os.environ.get("BNN_JAX_CIFAR10", DEFAULT_DATA))
+  common.add_data_flag(parser)
   args = parser.parse_args()
   common.use_xla_flags(common.TUNED_XLA_FLAGS)  # what train.py runs with
   config = config_lib.base_config()

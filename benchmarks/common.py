@@ -225,6 +225,17 @@ def batch_sizes(text: str) -> list[int]:
   return [int(b) for b in text.split(",")]
 
 
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                            "data", "cifar-10-binary.tar.gz")
+
+
+def add_data_flag(parser) -> None:
+  """``--data``: the CIFAR-10 binary archive ($BNN_JAX_CIFAR10 or ../shared/data/)."""
+  parser.add_argument("--data", default=os.environ.get("BNN_JAX_CIFAR10", DEFAULT_DATA),
+                      help="CIFAR-10 binary archive (default: $BNN_JAX_CIFAR10 or "
+                           "../shared/data/cifar-10-binary.tar.gz)")
+
+
 def add_flags(parser, width: float = 0.25, steps: int = 5, repeats: int = 5) -> None:
   """The flags every benchmark takes."""
   parser.add_argument("--width", type=float, default=width,

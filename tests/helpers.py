@@ -1,5 +1,9 @@
 """What several test modules share: the small real-data training config."""
 
+import os
+import subprocess
+import sys
+
 from bnn_jax.config import base_config, set_model
 
 
@@ -35,3 +39,22 @@ def tiny_config(cifar10_path, model: str = "reactnet18", **overrides):
   for key, value in overrides.items():
     set_path(c, key, value)
   return c
+
+
+def check_on_two_devices(module: str, function: str) -> None:
+  """Runs ``module.function()`` here when this process has 2 devices (the suite's
+  conftest.py gives it 2), else in a fresh process started with 2 CPU devices."""
+  import importlib
+
+  import jax
+  if jax.local_device_count() >= 2:
+    getattr(importlib.import_module(module), function)()
+    return
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests_dir), tests_dir,
+                                       env.get("PYTHONPATH", "")])
+  r = subprocess.run([sys.executable, "-c", f"import {module}; {module}.{function}()"],
+                     env=env, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-3000:]

@@ -2,9 +2,6 @@
 flips by hand over three steps, masks, schedules, inject_hyperparams + jit, pmap, orbax,
 the Bop/Adam split, the config conflicts, and the logged flip ratio under Bop."""
 
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bnn_jax import optim, weight_stats
+from helpers import check_on_two_devices
 
 # Three steps of Bop with gamma = 0.5, tau = 0.25, m_0 = 0 (every value below is exact in
 # float32): m_t = 0.5 m_{t-1} + 0.5 g_t; flip where sign(w) * m_t > 0.25, i.e. |m_t| > tau and
@@ -164,17 +162,7 @@ def _pmap_check():
 
 
 def test_bop_pmap_two_devices():
-  if jax.local_device_count() >= 2:
-    _pmap_check()
-    return
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  tests_dir = os.path.dirname(os.path.abspath(__file__))
-  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests_dir), tests_dir,
-                                       env.get("PYTHONPATH", "")])
-  r = subprocess.run([sys.executable, "-c", "import test_bop; test_bop._pmap_check()"],
-                     env=env, capture_output=True, text=True, timeout=120)
-  assert r.returncode == 0, r.stderr[-3000:]
+  check_on_two_devices("test_bop", "_pmap_check")
 
 
 def _labels(params):

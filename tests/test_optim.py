@@ -2,10 +2,6 @@
 (values by hand from the docstring formulas), masks, optax composition (chain,
 inject_hyperparams, jit, pmap), orbax round trips, a toy BNN, and build_optimizer."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bnn_jax import optim
+from helpers import check_on_two_devices
 
 W = jnp.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0])
 # dR/dw = sign(w) * sign(|w| - t) * ||w| - t|^(p-1), t = 1, sign(0) = +1, 0 at |w| = t.
@@ -271,18 +268,7 @@ def _pmap_check():
 
 
 def test_pmap_two_devices():
-  if jax.local_device_count() >= 2:
-    _pmap_check()
-    return
-  # This process started JAX with one device: check in a fresh process with two.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  tests_dir = os.path.dirname(os.path.abspath(__file__))
-  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests_dir), tests_dir,
-                                       env.get("PYTHONPATH", "")])
-  r = subprocess.run([sys.executable, "-c", "import test_optim; test_optim._pmap_check()"],
-                     env=env, capture_output=True, text=True, timeout=120)
-  assert r.returncode == 0, r.stderr[-3000:]
+  check_on_two_devices("test_optim", "_pmap_check")
 
 
 # --- orbax -------------------------------------------------------------------------------
