@@ -83,7 +83,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from bnn_jax.packed import (FORMAT, FORMAT_VERSION, PackedModel, PackedModelError, load_packed,
-                            num_words, pack_kernel, read_meta)
+                            pack_kernel, read_meta)
 
 __all__ = ["export", "pack", "load_packed", "read_meta", "PackedModel", "PackedModelError",
            "SUPPORTED_MODELS", "FORMAT_VERSION", "RULES", "rule", "Real", "Bits",

@@ -15,7 +15,7 @@ cannot represent. ``BinaryConv`` pads the *binarized* input with ``pad_value``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
 import jax

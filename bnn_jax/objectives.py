@@ -12,10 +12,9 @@ from the pure functions of ``bnn_jax.losses``:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from bnn_jax import losses
 
