@@ -155,3 +155,10 @@ def test_readme_accelerator_installs_name_the_pinned_jax():
   extras = re.findall(r'pip install "jax\[(cuda12|tpu)\]==([0-9.]+)"', readme)
   assert {e for e, _ in extras} == {"cuda12", "tpu"}
   assert all(v == pins["jax"] == pins["jaxlib"] for _, v in extras), (extras, pins["jax"])
+
+
+def test_bad_teacher_checkpoint_is_named():
+  c = load("quick_cpu.py")
+  c.teacher.checkpoint = "newest"
+  with pytest.raises(ValueError, match=r"teacher.checkpoint='newest': use best or latest"):
+    config_lib.validate(c)
