@@ -32,7 +32,8 @@ xla_cpu.add_tuned_flags()
 
 # The tests that train for longest go first, so that under `-n 2` (pytest-xdist) no worker is
 # left with a long test at the end while the other idles. Stable: the order is otherwise kept.
-_LONG_FIRST = ("test_train.py", "test_distill.py", "test_reliability.py", "test_train_step.py")
+_LONG_FIRST = ("test_multiprocess.py", "test_train.py", "test_distill.py", "test_bfloat16.py",
+               "test_reliability.py", "test_train_step.py")
 
 
 def pytest_collection_modifyitems(config, items):

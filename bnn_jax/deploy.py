@@ -166,7 +166,9 @@ def rule(*types: str, container: bool = False):
 class _Builder:
   """Collects ops and arrays, dispatches modules to rules, records what was used."""
 
-  def __init__(self, params: dict, batch_stats: dict, calls: dict):
+  def __init__(self, params: dict, batch_stats: dict, calls: dict,
+               conv_operands: str = "float32"):
+    self.conv_operands = conv_operands   # "bfloat16": real convs round their operands (below)
     self.params = params
     self.batch_stats = batch_stats
     self.calls = calls
@@ -554,9 +556,12 @@ def _real_conv_rule(b: _Builder, path: str, x) -> Real:
         or attrs.get("kernel_dilation") not in (None, 1, (1, 1))
         or attrs.get("input_dilation") not in (None, 1, (1, 1))):
     raise ValueError(f"Cannot pack {path}: grouped or dilated convs are not supported.")
-  # A pending per-channel input scale (no shift: zero padding stays zero) folds into the kernel.
+  # A pending per-channel input scale (no shift: zero padding stays zero) folds into the kernel,
+  # except where the model rounds the conv's operands to bfloat16: the packed conv then rounds
+  # the same input and kernel values, and nothing is folded into them (here or in ``finish``).
+  rounded = b.conv_operands == "bfloat16"
   if (x.scale is not None and x.bias is None and x.gate is None and x.act is None
-      and x.materialized is None):
+      and x.materialized is None and not rounded):
     w = w * np.reshape(np.asarray(x.scale, np.float64), (-1, 1))
     reg = x.reg
   else:
@@ -567,8 +572,10 @@ def _real_conv_rule(b: _Builder, path: str, x) -> Real:
       [[padding, padding]] * 2 if isinstance(padding, int) else [list(p) for p in padding]
   strides = attrs.get("strides") or 1
   out = b.op("conv", reg, w=b.array(f"{path}/w", w), b=b.array(f"{path}/b", bias),
-             strides=_pair(strides), padding=padding)
-  b.conv64[out] = (w, bias)
+             strides=_pair(strides), padding=padding,
+             **({"operands": "bfloat16"} if rounded else {}))
+  if not rounded:
+    b.conv64[out] = (w, bias)
   return Real(out, name=path)
 
 
@@ -889,7 +896,7 @@ def _resolve(checkpoint_or_variables, model, width, num_classes, normalization, 
     opts.update(options)
     model_config = {"name": model, "width": float(mcfg.get("width") or 1.0 if width is None
                                                   else width),
-                    "num_classes": int(num_classes), "dtype": "float32",
+                    "num_classes": int(num_classes), "dtype": str(mcfg.get("dtype") or "float32"),
                     "options": models.check_options(model, opts)}
     flax_model = models.from_config(model_config)
     name = model
@@ -911,7 +918,7 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
          width: Optional[float] = None, num_classes: Optional[int] = None,
          normalization: Optional[tuple] = None, dataset: Optional[str] = None,
          step: Optional[int] = None, input_shape: Sequence[int] = (32, 32, 3),
-         batch_size: int = 256, **options) -> PackedModel:
+         batch_size: int = 256, dtype: Optional[str] = None, **options) -> PackedModel:
   """Builds the packed, BN-folded model in memory (``export`` writes it to a file).
 
   Args:
@@ -924,6 +931,10 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
     normalization: ``(mean, std)`` per channel in [0, 1] units; default the dataset's
       (``dataset``, from the config, else cifar10 / cifar100 by num_classes).
     step: the checkpoint step of a run (default: latest).
+    dtype: the model's compute dtype (default: the run's ``model.dtype``, else the module's,
+      else float32). With "bfloat16" the real convs (stem, shortcuts) round their input and
+      kernel to bfloat16 as the model does, so the packed model equals the bfloat16 model;
+      the binary convs are exact either way (docs/DEPLOY.md, "bfloat16 models").
     options: the model's options (``models.MODELS[name].options``, e.g.
       ``dynamic_threshold=True``); a run's config.json supplies its own.
 
@@ -934,6 +945,8 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
   from bnn_jax import __version__
   from bnn_jax.summary import trace_modules
 
+  if dtype is not None:
+    _check_dtype(dtype)
   src = _resolve(checkpoint_or_variables, model, width, num_classes, normalization, dataset,
                  step, options)
   variables = jax.tree.map(np.asarray, src.variables)
@@ -958,7 +971,10 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
         f"classes, options)? Pass model=, width=, num_classes= to match the checkpoint."
     ) from None
   refuse_full_precision(calls)
-  b = _Builder(variables["params"], variables.get("batch_stats", {}), calls)
+  dtype = _check_dtype(dtype or (src.model_config or {}).get("dtype")
+                       or np.dtype(getattr(src.flax_model, "dtype", np.float32)).name)
+  b = _Builder(variables["params"], variables.get("batch_stats", {}), calls,
+               conv_operands=dtype)
   x = b.op("normalize", "input", mean=b.array("input/mean", src.normalization[0]),
            std=b.array("input/std", src.normalization[1]))
   out = b.convert("", Real(x, name="input"))
@@ -973,7 +989,7 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
       "model": src.model_name, "width": cfg.get("width", getattr(src.flax_model, "width", None)),
       "num_classes": cfg.get("num_classes", getattr(src.flax_model, "num_classes", None)),
       "options": cfg.get("options", {}),
-      "model_config": {k: v for k, v in cfg.items() if k != "dtype"} or None,
+      "model_config": {k: v for k, v in cfg.items() if k != "dtype"} or None, "dtype": dtype,
       "input_shape": list(input_shape), "input_dtype": "uint8",
       "normalization": {"mean": list(src.normalization[0]), "std": list(src.normalization[1]),
                         "dataset": src.dataset, "formula": "(images / 255 - mean) / std"},
@@ -981,6 +997,14 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
       "float32_param_bytes": float32_param_bytes, "source": src.origin,
   }
   return PackedModel(b.ops, b.arrays, meta, batch_size=batch_size)
+
+
+def _check_dtype(dtype) -> str:
+  dtype = str(np.dtype(dtype).name if not isinstance(dtype, str) else dtype)
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"Cannot pack a {dtype} model: the packed runtime reproduces float32 and "
+                     f"bfloat16 models; pass dtype='float32' or 'bfloat16'.")
+  return dtype
 
 
 def export(checkpoint_or_variables: Any, path: str, **kwargs) -> dict:

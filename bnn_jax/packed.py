@@ -239,10 +239,14 @@ def group_excitation(x: Array, w1: Array, b1: Array, w2: Array, b2: Array, mode:
 # --- the program -----------------------------------------------------------------------
 
 
-def _conv(x, w, strides, padding):
+def _conv(x, w, strides, padding, operands: str = "float32"):
+  """A real conv, float32 out; ``operands="bfloat16"`` rounds x and w to bfloat16 first
+  (float32 accumulation), as a bfloat16 model's convs do."""
   pad = padding if isinstance(padding, str) else [tuple(p) for p in padding]
-  return lax.conv_general_dilated(x, w, tuple(strides), pad,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dtype = jnp.dtype(operands)
+  return lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), tuple(strides), pad,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  preferred_element_type=jnp.float32)
 
 
 def _pool(x, kind: str, window: int):
@@ -287,7 +291,7 @@ def _run_op(op: dict, env: dict, p: Callable[[Optional[str]], Any]):
   if kind == "normalize":
     return (x.astype(jnp.float32) / 255.0 - p(op["mean"])) / p(op["std"])
   if kind == "conv":
-    y = _conv(x, p(op["w"]), op["strides"], op["padding"])
+    y = _conv(x, p(op["w"]), op["strides"], op["padding"], op.get("operands", "float32"))
     return y if op.get("b") is None else y + p(op["b"])
   if kind == "sign":
     return sign_bits(x, p(op["threshold"]), p(op["flip"]))

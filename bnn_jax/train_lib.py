@@ -242,12 +242,35 @@ def replicate(tree: PyTree, devices: list, axis_name: str = "batch") -> PyTree:
 
 
 def maybe_initialize_distributed() -> None:
-  """``jax.distributed.initialize()`` when a multi-host environment is declared."""
+  """``jax.distributed.initialize()`` when a multi-process environment is declared.
+
+  Besides the environments JAX detects itself (SLURM, Cloud TPU), the plain variables
+  ``JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i`` start process
+  ``i`` of ``N`` (README, "Several processes"); on CPU the collectives go over gloo.
+  """
   multi_host = (os.environ.get("JAX_COORDINATOR_ADDRESS")
                 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
                 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0)
-  if multi_host and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if not multi_host or jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES") or os.environ.get("JAX_PROCESS_ID"):
+    try:
+      kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                "process_id": int(os.environ["JAX_PROCESS_ID"])}
+    except (KeyError, ValueError) as e:
+      raise ValueError("A multi-process run needs both JAX_NUM_PROCESSES (the number of "
+                       "processes) and JAX_PROCESS_ID (0 to N-1, different in each process) "
+                       f"as integers; got JAX_NUM_PROCESSES={os.environ.get('JAX_NUM_PROCESSES')!r}, "
+                       f"JAX_PROCESS_ID={os.environ.get('JAX_PROCESS_ID')!r}.") from e
+  jax.distributed.initialize(**kwargs)
+
+
+def mapped_devices(local: list) -> list:
+  """The devices ``pmap`` maps over: this process's ``local`` devices, or in a multi-process
+  run every process's (``pmap`` needs the global list there; each process still feeds and
+  reads only its local shards)."""
+  return jax.devices() if jax.process_count() > 1 else local
 
 
 def local_devices(num_devices: int) -> list:
@@ -436,7 +459,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Exi
   # Device-resident uint8 data: the host feeds only indices.
   put = functools.partial(replicate, devices=devices)
   mean, std = tuple(ds.mean), tuple(ds.std)
-  pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=devices)
+  pmap = functools.partial(jax.pmap, axis_name=AXIS, devices=mapped_devices(devices))
   step = make_train_step(objective, mean=mean, std=std, augment=config.data.augment,
                          skip_nonfinite=config.nan_policy == "skip")
   if teacher is None:  # the lambda hides the teacher=None default from pmap's arity
@@ -514,19 +537,21 @@ def _train_epochs(run: Run) -> dict:
         rng = jax.random.fold_in(base_rng, step)
         state, sums, metrics = run.p_train(state, sums, *run.train_data, indices[i], rng,
                                            *teacher_args)
-        if (step + 1) % config.log_every_steps == 0 or i == spe - 1 or stop.requested:
+        at_log = (step + 1) % config.log_every_steps == 0 or i == spe - 1
+        stopping = _stop_agreed(stop, at_log)
+        if at_log or stopping:
           checked = _check_finite(run, sums, epoch, checked, step + 1)
           m = {k: float(v[0]) for k, v in metrics.items() if k != "nonfinite"}
           run.writer.scalars(step + 1, {**{f"train/{k}_step": v for k, v in m.items()},
                                         "lr": float(run.lr_schedule(step))})
           bar.set_postfix({k: f"{v:.3f}" for k, v in m.items()})
         bar.update(config.batch_size)
-        if stop.requested:
+        if stopping:
           bar.close()
           totals, counts = _merge_sums(carried, sums, i + 1 - first)
           _save(run.ckpt, state, epoch, {"partial_sums": {"sums": totals, "counts": counts}}, None)
           logging.warning("Saved step %d after %s; rerun with the same --workdir to resume.",
-                          step + 1, stop.requested)
+                          step + 1, stop.requested or "a stop signal in another process")
           return record
       bar.close()
       elapsed = time.time() - t0
@@ -555,6 +580,18 @@ def _train_epochs(run: Run) -> dict:
         logging.info("epoch %d: %s", epoch + 1, _summary_line(record))
       _save(run.ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
   return record
+
+
+def _stop_agreed(stop: "_StopRequest", at_log: bool) -> bool:
+  """Whether to save and stop after this step. One process: as soon as a signal came. Several:
+  at logging points only, when any process got one (all must stop at the same step, since the
+  save is collective), decided by one small all-gather."""
+  if jax.process_count() == 1:
+    return stop.requested is not None
+  if not at_log:
+    return False
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.process_allgather(np.int32(stop.requested is not None)).any())
 
 
 def _check_finite(run: Run, sums: dict, epoch: int, checked: int, step: int) -> int:

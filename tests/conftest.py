@@ -38,3 +38,19 @@ def tiny_run(tmp_path_factory, cifar10_path) -> str:
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   train_lib.train_and_evaluate(c, workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def run_2048(tmp_path_factory, cifar10_path):
+  """(workdir, last record) of ReActNet-18 width 0.125, float32, 2 epochs of 32 steps on
+  2,048 real training images (1,000 test), constant Adam 2e-3: the learning test's run, the
+  uninterrupted reference of the SIGTERM test and the float32 twin of the bfloat16 test. Its
+  users carry ``@pytest.mark.xdist_group("run_2048")`` so that under ``-n 2 --dist loadgroup``
+  (pyproject.toml) one worker trains it once."""
+  from bnn_jax import train_lib
+  from helpers import tiny_config
+
+  workdir = str(tmp_path_factory.mktemp("run_2048"))
+  config = tiny_config(cifar10_path, num_epochs=2,
+                       **{"data.train_subset": 2048, "data.test_subset": 1000})
+  return workdir, train_lib.train_and_evaluate(config, workdir)

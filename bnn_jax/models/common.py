@@ -59,8 +59,14 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=(1, 2))
 
 
-conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False)
-conv1x1 = functools.partial(nn.Conv, kernel_size=(1, 1), padding="VALID", use_bias=False)
+# Real convs: operands in the model's dtype, float32 accumulation and output (with
+# dtype=bfloat16 only the conv operands are rounded; BN and everything after stay float32).
+_conv_float32_out = functools.partial(jax.lax.conv_general_dilated,
+                                      preferred_element_type=jnp.float32)
+conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
+                            conv_general_dilated=_conv_float32_out)
+conv1x1 = functools.partial(nn.Conv, kernel_size=(1, 1), padding="VALID", use_bias=False,
+                            conv_general_dilated=_conv_float32_out)
 
 
 def signed_conv(x: jax.Array, features: int, strides: int, *, presign: ModuleDef,
