@@ -50,10 +50,6 @@ ARMS = {
     "m1_cosmom": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.strength": 1.0,
                                      "optim.cosine_momentum.width": 0.05}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
-    # Bop (larq's binary optimizer) on the latent binary weights, Adam on the rest: larq's
-    # defaults, and tau 100x higher (1e-8 flipped 6.5% of the signs in 4 steps at this width).
-    "bop_larq": ("reactnet18", {}, {"optim.name": "bop"}),
-    "bop_tau1e-6": ("reactnet18", {}, {"optim.name": "bop", "optim.bop.threshold": 1e-6}),
     # Method 2 (feature distribution adjustment), ResNet-18.
     "m2_fp": ("resnet18_fp", {}, {}),
     "m2_bnn": ("resnet18_bnn", {}, {}),
