@@ -61,7 +61,8 @@ class BinaryConv(nn.Module):
   output: the conv sums exact +-1 products, so the bfloat16 model's binary convs give the
   float32 model's values, and alpha (and gain) is applied once, after, in float32, as in the
   packed model. In float32, alpha stays folded into the kernel (the same function; the
-  multiply on the conv output instead costs ~15% of a CPU train step).
+  multiply on the conv output instead cost 17% of a CPU train step: 88 vs 105 img/s,
+  ReActNet-18 width 0.25, batch 128, a one-off timing of the jitted step).
   """
   features: int
   kernel_size: Union[int, Sequence[int]] = 3
