@@ -50,6 +50,11 @@ ARMS = {
     "m1_cosmom": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.strength": 1.0,
                                      "optim.cosine_momentum.width": 0.05}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
+    # Bop (issue 14) on the binary kernels, Adam on the rest: larq's defaults, and a larger tau.
+    "bop_larq": ("reactnet18", {}, {"optim.name": "bop", "optim.bop.threshold": 1e-8,
+                                    "optim.bop.gamma": 1e-4}),
+    "bop_tau1e-6": ("reactnet18", {}, {"optim.name": "bop", "optim.bop.threshold": 1e-6,
+                                       "optim.bop.gamma": 1e-4}),
     # Method 2 (feature distribution adjustment), ResNet-18.
     "m2_fp": ("resnet18_fp", {}, {}),
     "m2_bnn": ("resnet18_bnn", {}, {}),

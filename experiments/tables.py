@@ -25,6 +25,7 @@ ABLATIONS = {
                 "m1_wreg_0.1_late", "m1_wreg_0.3_late", "m1_wreg_1.0_late", "m1_cosmom",
                 "m1_bnfree_agc"],
     "method2": ["m2_fp", "m2_bnn", "m2_mv", "m2_mv_zp", "m2_ge", "m2_all"],
+    "bop": ["m3_r18_ce", "bop_larq", "bop_tau1e-6"],
     "method3": ["m2_fp", "m3_r18_ce", "m3_r18_semantic", "m3_r18_detail", "m3_r18_both",
                 "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both"],
 }
@@ -33,6 +34,8 @@ EXTRA = {
                 ("flip ratio", "weights/overall/flip_ratio", "{:.4f}"),
                 ("tail (abs w > alpha)", "weights/overall/alpha_tail_frac", "{:.3f}")],
     "method2": [("entropy (bits)", "balance/overall/entropy", "{:.3f}")],
+    "bop": [("e_q", "weights/overall/quant_error", "{:.3f}"),
+            ("flip ratio", "weights/overall/flip_ratio", "{:.4f}")],
     "method3": [("train CE", "train/ce", "{:.3f}"), ("KL", "train/kl", "{:.3f}"),
                 ("1 - cos", "train/cosine", "{:.3f}"), ("detail", "train/detail", "{:.3f}")],
 }

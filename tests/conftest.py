@@ -25,7 +25,8 @@ def cifar10_path() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cifar10_path) -> str:
-  """Workdir of a real tiny training run, shared by the inspect and deploy tests.
+  """Workdir of a real tiny training run, shared by the inspect and deploy tests and the
+  uninterrupted reference of the killed-run test.
 
   ReActNet-18 at width 0.125 on 512 class-balanced CIFAR-10 training images (256 test
   images), batch 64, 2 epochs: 8 steps per epoch, checkpoints at steps 8 and 16 (both

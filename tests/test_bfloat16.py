@@ -8,6 +8,9 @@ the checkpoint holds float32 values only. The binary convs are therefore exact (
 float32 sums); only the real convs (stem, shortcuts) round.
 """
 
+import os
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -24,19 +27,22 @@ BF16 = {"model.dtype": "bfloat16", "data.train_subset": 2048, "data.test_subset"
 def test_bfloat16_learns_like_float32_resumes_exactly_and_packs(cifar10_path, tmp_path,
                                                                  run_2048):
   f32_dir, f32 = run_2048     # the same run in float32
-  # 2 epochs in two sessions (the second resumes from the epoch-1 checkpoint) ...
-  split = str(tmp_path / "split")
-  train_lib.train_and_evaluate(tiny_config(cifar10_path, num_epochs=1, **BF16), split)
-  resumed = train_lib.train_and_evaluate(tiny_config(cifar10_path, num_epochs=2, **BF16), split)
-  # ... equal 2 epochs straight through.
   straight = str(tmp_path / "straight")
   record = train_lib.train_and_evaluate(tiny_config(cifar10_path, num_epochs=2, **BF16), straight)
+  # A copy of the run as a stop after epoch 1 leaves it (its epoch-2 checkpoint removed, as
+  # for a damaged one) resumes from the epoch-1 checkpoint and ends where the straight run did.
+  split = str(tmp_path / "split")
+  shutil.copytree(straight, split)
+  shutil.rmtree(os.path.join(split, "checkpoints", "64"))
+  resumed = train_lib.train_and_evaluate(tiny_config(cifar10_path, num_epochs=2, **BF16), split)
   a, b = checkpoints.load_run(split), checkpoints.load_run(straight)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     assert np.asarray(x).dtype == np.float32          # float32 latent weights in the checkpoint
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   assert resumed["test/accuracy"] == pytest.approx(record["test/accuracy"])
   assert [r["epoch"] for r in checkpoints.read_metrics(split)] == [1, 2]
+  assert 64 in checkpoints.Checkpointer(os.path.join(split, "checkpoints"),
+                                       read_only=True).all_steps()   # epoch 2 trained again
 
   # Learns: the loss falls, test top-1 (1,000 held-out images) well above chance (10%; 18% is
   # 8 sd above it), and close to the float32 run's. Tolerances: the mean training loss of

@@ -1,5 +1,6 @@
 """The trainer end to end on the real CIFAR-10 (small slices, small widths)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -134,23 +135,21 @@ def test_two_devices_equal_one_device(cifar10_path, tmp_path):
   assert abs(r1["test/accuracy"] - r2["test/accuracy"]) <= 1 / 256  # at most one borderline image
 
 
-def test_killed_run_resumes_to_the_same_result(cifar10_path, tmp_path):
-  """SIGKILL after epoch 1's checkpoint, rerun: same params and metrics as an uninterrupted run."""
-  config = tiny_config(cifar10_path, num_epochs=3)
-  train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-
+def test_killed_run_resumes_to_the_same_result(cifar10_path, tmp_path, tiny_run):
+  """SIGKILL after epoch 1's checkpoint, rerun: same params and metrics as an uninterrupted
+  run (the tiny_run fixture: the same config, 2 epochs straight through)."""
   workdir = str(tmp_path / "killed")
-  proc = run_train_py(cli_args(cifar10_path, workdir, num_epochs=3))
+  proc = run_train_py(cli_args(cifar10_path, workdir))
   wait_for_checkpoint(proc, workdir, 8)
-  proc.send_signal(signal.SIGKILL)
+  proc.send_signal(signal.SIGKILL)  # epoch 2 is still to come: its eval, stats and 8 steps
   proc.wait()
-  assert saved_steps(workdir)[-1] < 24
+  assert saved_steps(workdir)[-1] < 16
 
-  train_lib.train_and_evaluate(config, workdir)  # the rerun resumes
-  assert_trees_close(final_params(tmp_path / "straight"), final_params(workdir), rtol=1e-6, atol=1e-7)
+  train_lib.train_and_evaluate(tiny_config(cifar10_path), workdir)  # the rerun resumes
+  assert_trees_close(final_params(tiny_run), final_params(workdir), rtol=1e-6, atol=1e-7)
   resumed = comparable(checkpoints.read_metrics(workdir))
-  straight = comparable(checkpoints.read_metrics(str(tmp_path / "straight")))
-  assert [r["epoch"] for r in resumed] == [1, 2, 3]  # no duplicate or lost epoch record
+  straight = comparable(checkpoints.read_metrics(tiny_run))
+  assert [r["epoch"] for r in resumed] == [1, 2]  # no duplicate or lost epoch record
   for got, want in zip(resumed, straight):
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
 
@@ -222,15 +221,22 @@ def test_truncated_checkpoint_is_a_clear_error(cifar10_path, tmp_path):
 
 
 def test_two_step_init_from_starts_from_step_one(cifar10_path, tmp_path):
-  """ReActNet step 2 (binary weights) starts from step 1's parameters (real weights)."""
+  """ReActNet step 2 (binary weights) starts from step 1's parameters (real weights): the
+  state the trainer sets up for step 2 holds them, at step 0 (a new run, not a resume)."""
   step1 = tiny_config(cifar10_path, num_epochs=1, **{"model.options.binarize_weights": False,
                                                      "data.train_subset": 256})
   train_lib.train_and_evaluate(step1, str(tmp_path / "step1"))
-  # lr = 0: step 2's parameters stay exactly where init_from put them (BN statistics still move).
   step2 = tiny_config(cifar10_path, num_epochs=1, init_from=str(tmp_path / "step1"),
-                      **{"data.train_subset": 256, "optim.lr": 0.0, "optim.schedule": "constant"})
-  train_lib.train_and_evaluate(step2, str(tmp_path / "step2"))
-  assert_trees_close(final_params(tmp_path / "step1"), final_params(tmp_path / "step2"), rtol=0, atol=0)
+                      **{"data.train_subset": 256})
+  with contextlib.ExitStack() as stack:
+    run = train_lib.setup(step2, str(tmp_path / "step2"), stack)
+  assert run.start_step == 0 and int(run.state.step[0]) == 0
+  started = jax.tree.map(lambda v: np.asarray(v[0]), run.state.params)
+  assert_trees_close(final_params(tmp_path / "step1"), started, rtol=0, atol=0)
+  init = train_lib.create_state(train_lib.build_model(step2, 10), optax.sgd(0.0),
+                                jax.random.key(step2.seed)).params
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(init), jax.tree.leaves(started)))  # not a fresh init
 
   wider = tiny_config(cifar10_path, num_epochs=1, init_from=str(tmp_path / "step1"),
                       **{"model.width": 0.25, "data.train_subset": 256})
