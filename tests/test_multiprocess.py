@@ -35,6 +35,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def one_device_flags() -> str:
+  """This session's XLA flags (conftest.py) with one CPU device instead of two."""
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=2", "")
+  return (flags + " --xla_force_host_platform_device_count=1").strip()
+
+
 def launch_two_processes(cifar10_path, workdir, port: int) -> list[subprocess.Popen]:
   """Starts train.py as process 0 and 1 of 2 (the README's commands)."""
   flags = {"data.path": cifar10_path, "model.width": 0.125, "data.test_subset": 256,
@@ -45,7 +51,7 @@ def launch_two_processes(cifar10_path, workdir, port: int) -> list[subprocess.Po
           *(f"--config.{k}={v}" for k, v in flags.items())]
   procs = []
   for pid in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=one_device_flags(),
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid))
     procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
