@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import bench_train_step
 import common
 import torch_reactnet
 from bnn_jax import checkpoints, data, objectives, optim, train_lib
@@ -136,13 +137,7 @@ def torch_step_alone(args, ds, steps: int) -> float:
   x = torch.randn(args.batch, 3, 32, 32)
   y = torch.from_numpy(ds.train_labels[:args.batch].astype(np.int64))
   model.train()
-
-  def run(n: int) -> None:
-    for _ in range(n):
-      opt.zero_grad(set_to_none=True)
-      F.cross_entropy(model(x), y).backward()
-      opt.step()
-
+  run = bench_train_step.torch_runner(model, opt, x, y)
   run(2)
   t0 = time.perf_counter()
   run(steps)
