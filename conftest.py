@@ -13,8 +13,8 @@ if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
 # The suite compiles many different small programs and runs each briefly, so it asks XLA for
 # less backend (LLVM) optimization: compiles are shorter, the fused elementwise kernels run
 # slower (a width-0.25 batch-128 step: about 2.3x), results are the same (a tiny ReActNet-18
-# run gave bit-identical losses; one-off timings of 2026-12-03). Users' runs keep XLA's default. Subprocesses
-# (train.py) inherit it through the environment.
+# run gave bit-identical losses; one-off timings of 2026-12-03). Users' runs keep XLA's
+# default. Subprocesses (train.py) inherit it through the environment.
 TEST_ONLY_FLAG = "--xla_backend_optimization_level=0"
 if TEST_ONLY_FLAG.split("=")[0] not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " " + TEST_ONLY_FLAG).strip()
