@@ -50,6 +50,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")         # optax aliases that train every p
 BINARY_OPTIMIZERS = ("bop",)                  # binary_kernel by this, the rest by Adam
 OPTIMIZER_NAMES = OPTIMIZERS + BINARY_OPTIMIZERS  # valid values of optim.name
 PLACEMENTS = ("gradient", "decoupled")
+BOP_SCHEDULES = ("constant", "lr")
 SCHEDULES = ("cosine", "linear", "constant")
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
@@ -519,7 +520,8 @@ def default_optim_config() -> ml_collections.ConfigDict:
 
   o.bop = ml_collections.ConfigDict()  # optim.name = "bop" only; defaults: larq.optimizers.Bop
   o.bop.threshold = 1e-8            # tau: flip where |m| > tau and sign(m) = sign(w)
-  o.bop.gamma = 1e-4                # adaptivity rate of the gradient average m (constant)
+  o.bop.gamma = 1e-4                # adaptivity rate of the gradient average m
+  o.bop.schedule = "constant"       # constant | lr: gamma(t) = gamma * lr(t) / lr (warmup and decay)
   return o
 
 
@@ -570,8 +572,8 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   Weight decay never touches ``binary_kernel`` (that is ``binary_weight_decay``).
 
   ``optim.name = "bop"`` builds a different optimizer, ``_build_bop``: Bop
-  (``optim.bop.threshold``, ``optim.bop.gamma``) on ``binary_kernel``, Adam with the
-  learning-rate schedule on everything else.
+  (``optim.bop.threshold``, ``optim.bop.gamma``, ``optim.bop.schedule``) on
+  ``binary_kernel``, Adam with the learning-rate schedule on everything else.
 
   Returns:
     ``(tx, lr_schedule)``: the ``optax.GradientTransformation`` and the learning-rate
@@ -639,9 +641,13 @@ def _build_bop(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.Gradie
     optax.chain(
         optax.adaptive_grad_clip(agc_clip),                    # if agc_clip > 0, every leaf
         optax.multi_transform(
-            {"binary": bop(threshold, gamma),                  # binary_kernel leaves
+            {"binary": bop(threshold, gamma_t),                # binary_kernel leaves
              "real": chain(L2 weight_decay on kernel leaves, adam(lr, b1, b2))},
             labels from binary_mask))
+
+  gamma_t is ``optim.bop.gamma`` (``schedule = "constant"``, larq's default) or
+  gamma * lr(t) / lr (``schedule = "lr"``: the run's warmup and decay, as the Bop paper
+  decays gamma during training), so that the flips settle as the learning rate does.
 
   Bop sets only the signs of ``binary_kernel`` and never their magnitude, so the terms
   that act on latent magnitudes (``w_reg``, ``cosine_momentum``, ``binary_weight_decay``)
@@ -658,7 +664,14 @@ def _build_bop(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.Gradie
         f"signs of the {BINARY_KERNEL!r} leaves and never changes their magnitude, while these "
         f"terms act on the latent magnitudes (added to the gradient they would enter Bop's "
         f"average m and flip weights). Turn them off, or use optim.name=adam/adamw/sgd.")
-  binary = bop(o.bop.threshold, o.bop.gamma, mask=None)
+  _check_name("optim.bop.schedule", o.bop.schedule, BOP_SCHEDULES)
+  gamma = o.bop.gamma
+  if o.bop.schedule == "lr":
+    if not o.lr > 0:
+      raise ValueError(f"optim.bop.schedule='lr' scales gamma by lr(t) / optim.lr, which needs "
+                       f"optim.lr > 0 (got {o.lr}).")
+    gamma = lambda count: o.bop.gamma * lr(count) / o.lr
+  binary = bop(o.bop.threshold, gamma, mask=None)
   real = [optax.adam(lr, b1=o.b1, b2=o.b2)]
   if o.weight_decay > 0:
     real.insert(0, optax.add_decayed_weights(o.weight_decay, mask=real_kernel_mask))

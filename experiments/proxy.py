@@ -55,6 +55,9 @@ ARMS = {
                                     "optim.bop.gamma": 1e-4}),
     "bop_tau1e-6": ("reactnet18", {}, {"optim.name": "bop", "optim.bop.threshold": 1e-6,
                                        "optim.bop.gamma": 1e-4}),
+    # larq's tau and gamma, gamma decayed with the proxy's cosine (Adam's lr) to 0.
+    "bop_larq_decay": ("reactnet18", {}, {"optim.name": "bop", "optim.bop.threshold": 1e-8,
+                                          "optim.bop.gamma": 1e-4, "optim.bop.schedule": "lr"}),
     # Method 2 (feature distribution adjustment), ResNet-18.
     "m2_fp": ("resnet18_fp", {}, {}),
     "m2_bnn": ("resnet18_bnn", {}, {}),

@@ -25,7 +25,7 @@ ABLATIONS = {
                 "m1_wreg_0.1_late", "m1_wreg_0.3_late", "m1_wreg_1.0_late", "m1_cosmom",
                 "m1_bnfree_agc"],
     "method2": ["m2_fp", "m2_bnn", "m2_mv", "m2_mv_zp", "m2_ge", "m2_all"],
-    "bop": ["m3_r18_ce", "bop_larq", "bop_tau1e-6"],
+    "bop": ["m3_r18_ce", "bop_larq", "bop_larq_decay", "bop_tau1e-6"],
     "method3": ["m2_fp", "m3_r18_ce", "m3_r18_semantic", "m3_r18_detail", "m3_r18_both",
                 "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both"],
 }

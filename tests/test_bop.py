@@ -249,6 +249,32 @@ def test_build_optimizer_bop_flips_binary_and_adams_the_rest():
     np.testing.assert_array_equal(np.abs(_bk(params)), np.abs(w0))   # magnitudes never change
 
 
+@pytest.mark.parametrize("schedule,tau,flips", [("constant", 0.74, True), ("lr", 0.74, False),
+                                                 ("lr", 0.72, True)])
+def test_build_optimizer_bop_gamma_can_follow_the_learning_rate(schedule, tau, flips):
+  # linear lr 0.1 -> 0 over 10 steps: lr(0) = 0.1, lr(1) = 0.09; gamma 0.5 scaled by lr(t) / 0.1
+  # is 0.5 then 0.45. w = 0.5, g = 1 twice. m1 = 0.5 (no flip, tau > 0.5); m2 = 0.5 m1 + 0.5 =
+  # 0.75 (constant) or 0.55 m1 + 0.45 = 0.725 (lr): tau 0.74 separates them, 0.72 does not.
+  c = _config(name="bop", schedule="linear", lr=0.1,
+              **{"bop.threshold": tau, "bop.gamma": 0.5, "bop.schedule": schedule})
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=1)
+  params = _tree(jnp.array([0.5]))
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  u, state = tx.update(grads, state, params)
+  np.testing.assert_array_equal(_bk(u), [0.0])
+  u, _ = tx.update(grads, state, params)
+  np.testing.assert_array_equal(_bk(u), [-1.0] if flips else [0.0])
+
+
+def test_build_optimizer_bop_bad_schedule_is_named():
+  with pytest.raises(ValueError, match="optim.bop.schedule 'exp'; valid names: constant, lr"):
+    optim.build_optimizer(_config(name="bop", **{"bop.schedule": "exp"}), steps_per_epoch=4)
+  with pytest.raises(ValueError, match="needs optim.lr > 0"):
+    optim.build_optimizer(_config(name="bop", lr=0.0, **{"bop.schedule": "lr"}),
+                          steps_per_epoch=4)
+
+
 def test_build_optimizer_bop_with_agc_runs_under_jit():
   c = _config(name="bop", agc_clip=0.02, schedule="cosine", warmup_epochs=1.0)
   tx, _ = optim.build_optimizer(c, steps_per_epoch=4)
