@@ -667,6 +667,7 @@ def _build_bop(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.Gradie
   _check_name("optim.bop.schedule", o.bop.schedule, BOP_SCHEDULES)
   gamma = o.bop.gamma
   if o.bop.schedule == "lr":
+    _check_bop_args(o.bop.threshold, gamma)  # lr(t) / lr is in [0, 1]: gamma bounds gamma_t
     if not o.lr > 0:
       raise ValueError(f"optim.bop.schedule='lr' scales gamma by lr(t) / optim.lr, which needs "
                        f"optim.lr > 0 (got {o.lr}).")

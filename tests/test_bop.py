@@ -270,6 +270,9 @@ def test_build_optimizer_bop_gamma_can_follow_the_learning_rate(schedule, tau, f
 def test_build_optimizer_bop_bad_schedule_is_named():
   with pytest.raises(ValueError, match="optim.bop.schedule 'exp'; valid names: constant, lr"):
     optim.build_optimizer(_config(name="bop", **{"bop.schedule": "exp"}), steps_per_epoch=4)
+  with pytest.raises(ValueError, match=r"bop: gamma must be in \[0, 1\], got 1.5"):
+    optim.build_optimizer(_config(name="bop", **{"bop.gamma": 1.5, "bop.schedule": "lr"}),
+                          steps_per_epoch=4)
   with pytest.raises(ValueError, match="needs optim.lr > 0"):
     optim.build_optimizer(_config(name="bop", lr=0.0, **{"bop.schedule": "lr"}),
                           steps_per_epoch=4)
