@@ -6,18 +6,22 @@ Set before anything imports JAX, so pmap tests run over 2 devices for real
 """
 import os
 
-_flag = "--xla_force_host_platform_device_count=2"
-if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+def _add_xla_flag(flag: str) -> None:
+  """Appends ``flag`` to ``XLA_FLAGS`` unless a value for it is already set there."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if flag.split("=")[0] not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
+
+
+_add_xla_flag("--xla_force_host_platform_device_count=2")
 
 # The suite compiles many different small programs and runs each briefly, so it asks XLA for
 # less backend (LLVM) optimization: compiles are shorter, the fused elementwise kernels run
 # slower (a width-0.25 batch-128 step: about 2.3x), results are the same (a tiny ReActNet-18
 # run gave bit-identical losses; one-off timings of 2026-12-03). Users' runs keep XLA's
 # default. Subprocesses (train.py) inherit it through the environment.
-TEST_ONLY_FLAG = "--xla_backend_optimization_level=0"
-if TEST_ONLY_FLAG.split("=")[0] not in os.environ["XLA_FLAGS"]:
-  os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " " + TEST_ONLY_FLAG).strip()
+_add_xla_flag("--xla_backend_optimization_level=0")
 
 # One persistent XLA compilation cache for the whole test session (and the train.py
 # subprocesses it starts, which inherit the environment): the many tiny runs of the same
