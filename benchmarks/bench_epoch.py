@@ -18,9 +18,12 @@ torch:  ``torch_reactnet.ReActNet18`` (eager, NCHW), ``torch.optim.Adam`` + a pe
         random crop and flip per image (batched tensor ops in the training thread: on 2 cores
         DataLoader workers would only take cores from the step), normalize.
 
-The first epoch of each side is a warm-up (JAX compiles in it) and is not reported; the
-table gives the median of the other epochs. The sides run one after the other in this
-process (an epoch is too long to interleave), so the load average is printed with the table.
+The sides alternate epoch by epoch in this process: the trainer's ``on_epoch_end`` hook runs
+one PyTorch epoch after each trainer epoch, so jax epoch k and torch epoch k see the same
+machine state (on a shared machine, load drifts over minutes: run one after the other, the
+sides once measured 1.25x and 0.97x on the same day). The first pair is a warm-up (JAX
+compiles in it) and is not reported; the table gives the median of the other epochs and the
+median of the per-pair ratios, each pair's ratio in the notes.
 
   python benchmarks/bench_epoch.py                                  # width 0.25, 12,800 images
   python benchmarks/bench_epoch.py --train-subset 50000 --epochs 2  # full CIFAR-10 epochs
@@ -63,11 +66,13 @@ def trainer_config(args):
   return c
 
 
-def jax_epochs(config) -> tuple[list[float], str]:
-  """Trains with the real trainer; returns the epoch_seconds of every epoch and the workdir."""
+def jax_epochs(config, after_each_epoch=None) -> list[float]:
+  """Trains with the real trainer, calling ``after_each_epoch()`` at each epoch end; returns
+  the epoch_seconds of every epoch."""
   workdir = tempfile.mkdtemp(prefix="bench_epoch_")
-  train_lib.train_and_evaluate(config, workdir)
-  return [r["epoch_seconds"] for r in checkpoints.read_metrics(workdir)], workdir
+  hook = None if after_each_epoch is None else (lambda record: after_each_epoch())
+  train_lib.train_and_evaluate(config, workdir, on_epoch_end=hook)
+  return [r["epoch_seconds"] for r in checkpoints.read_metrics(workdir)]
 
 
 def jax_step_alone(config, ds, steps: int) -> float:
@@ -93,40 +98,48 @@ def jax_step_alone(config, ds, steps: int) -> float:
   return time.perf_counter() - t0
 
 
-def torch_epochs(args, ds) -> list[float]:
-  """Seconds of each epoch of a plain PyTorch loop over the same uint8 images."""
-  torch.manual_seed(0)
-  model = torch_reactnet.ReActNet18(ds.num_classes, args.width)
-  steps = len(ds.train_labels) // args.batch
-  opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-  sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps * args.epochs)
-  images = torch.from_numpy(ds.train_images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-  labels = torch.from_numpy(ds.train_labels.astype(np.int64))
-  mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
-  std = torch.tensor(ds.std).view(1, 3, 1, 1)
-  rows = torch.arange(32).view(1, 32)
-  model.train()
-  seconds = []
-  for _ in range(args.epochs):
+class TorchLoop:
+  """A plain PyTorch training loop over the same uint8 images; ``epoch()`` trains one epoch
+  and returns its seconds."""
+
+  def __init__(self, args, ds):
+    torch.manual_seed(0)
+    self.batch = args.batch
+    self.model = torch_reactnet.ReActNet18(ds.num_classes, args.width)
+    self.steps = len(ds.train_labels) // args.batch
+    self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-3)
+    self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt,
+                                                            T_max=self.steps * args.epochs)
+    self.images = torch.from_numpy(ds.train_images).permute(0, 3, 1, 2).contiguous()  # uint8
+    self.labels = torch.from_numpy(ds.train_labels.astype(np.int64))
+    self.mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
+    self.std = torch.tensor(ds.std).view(1, 3, 1, 1)
+    self.model.train()
+
+  def batch_at(self, idx):
+    """Pad 4, random crop and flip per image, normalize: [B, 3, 32, 32] float."""
+    rows = torch.arange(32).view(1, 32)
+    x = F.pad(self.images[idx], (4, 4, 4, 4))                     # [B, 3, 40, 40] uint8
+    dy, dx = torch.randint(0, 9, (2, len(idx)))
+    ys = (dy.view(-1, 1) + rows).view(-1, 1, 32, 1)              # per-image crop rows
+    xs = (dx.view(-1, 1) + rows)
+    flip = torch.rand(len(idx)) < 0.5
+    xs = torch.where(flip.view(-1, 1), xs.flip(1), xs).view(-1, 1, 1, 32)
+    b = torch.arange(len(idx)).view(-1, 1, 1, 1)
+    x = x[b, torch.arange(3).view(1, 3, 1, 1), ys, xs]
+    return (x.float() / 255.0 - self.mean) / self.std
+
+  def epoch(self) -> float:
     t0 = time.perf_counter()
-    order = torch.randperm(len(labels))
-    for i in range(steps):
-      idx = order[i * args.batch:(i + 1) * args.batch]
-      x = F.pad(images[idx], (4, 4, 4, 4))                          # [B, 3, 40, 40] uint8
-      dy, dx = torch.randint(0, 9, (2, len(idx)))
-      ys = (dy.view(-1, 1) + rows).view(-1, 1, 32, 1)              # per-image crop rows
-      xs = (dx.view(-1, 1) + rows)
-      flip = torch.rand(len(idx)) < 0.5
-      xs = torch.where(flip.view(-1, 1), xs.flip(1), xs).view(-1, 1, 1, 32)
-      b = torch.arange(len(idx)).view(-1, 1, 1, 1)
-      x = x[b, torch.arange(3).view(1, 3, 1, 1), ys, xs]           # crop + flip, [B, 3, 32, 32]
-      x = (x.float() / 255.0 - mean) / std
-      opt.zero_grad(set_to_none=True)
-      F.cross_entropy(model(x), labels[idx]).backward()
-      opt.step()
-      sched.step()
-    seconds.append(time.perf_counter() - t0)
-  return seconds
+    order = torch.randperm(len(self.labels))
+    for i in range(self.steps):
+      idx = order[i * self.batch:(i + 1) * self.batch]
+      x = self.batch_at(idx)
+      self.opt.zero_grad(set_to_none=True)
+      F.cross_entropy(self.model(x), self.labels[idx]).backward()
+      self.opt.step()
+      self.sched.step()
+    return time.perf_counter() - t0
 
 
 def torch_step_alone(args, ds, steps: int) -> float:
@@ -150,8 +163,8 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--train-subset", type=int, default=12800,
                       help="training images per epoch (50000: the full CIFAR-10)")
-  parser.add_argument("--epochs", type=int, default=3,
-                      help="epochs per side; the first is a warm-up, not reported")
+  parser.add_argument("--epochs", type=int, default=5,
+                      help="epochs per side, alternating; the first pair is a warm-up")
   parser.add_argument("--threads", type=int, default=os.cpu_count(),
                       help="torch.set_num_threads (default: all cores, as XLA uses)")
   parser.add_argument("--no-step", action="store_true", help="skip the step-alone rows")
@@ -170,13 +183,14 @@ def main():
   steps = data.steps_per_epoch(n, args.batch)
   images = steps * args.batch
 
-  jax_s, _ = jax_epochs(config)
-  torch_s = torch_epochs(args, ds)
+  torch_loop, torch_s = TorchLoop(args, ds), []
+  jax_s = jax_epochs(config, after_each_epoch=lambda: torch_s.append(torch_loop.epoch()))
   step_s = None if args.no_step else jax_step_alone(config, ds, steps)
   torch_step_s = None if args.no_step else torch_step_alone(args, ds, steps)
 
   jax_t = statistics.median(jax_s[1:])
   torch_t = statistics.median(torch_s[1:])
+  pair_ratios = [t / j for j, t in zip(jax_s[1:], torch_s[1:])]
   rows = [("jax (train_lib.train_and_evaluate)", jax_t, images / jax_t, torch_t / jax_t),
           ("torch (plain loop)", torch_t, images / torch_t, 1.0)]
   if step_s is not None:
@@ -189,8 +203,11 @@ def main():
       f"Training epochs, ReActNet-18 width {args.width:g}, batch {args.batch}, {images:,} "
       f"real CIFAR-10 images per epoch ({steps} steps), Adam + cosine, crop + flip",
       ("contender", "s/epoch", "img/s", "speed vs torch"), rows,
-      notes=(f"Median of epochs 2-{args.epochs} (epoch 1 is a warm-up). Every epoch, s: "
-             f"jax {fmt(jax_s)}; torch {fmt(torch_s)}."
+      notes=(f"Median of epochs 2-{args.epochs} (epoch 1 is a warm-up); the sides alternate "
+             f"epoch by epoch. Every epoch, s: jax {fmt(jax_s)}; torch {fmt(torch_s)}. "
+             f"Per-pair speed vs torch: {', '.join(f'{r:.2f}' for r in pair_ratios)} "
+             f"(median {statistics.median(pair_ratios):.2f}, range {min(pair_ratios):.2f}-"
+             f"{max(pair_ratios):.2f})."
              + ("" if step_s is None else f" Steps alone: jax {step_s:.1f} s, torch "
                                            f"{torch_step_s:.1f} s for {steps} steps."),
              f"torch {torch.__version__}, {torch.get_num_threads()} threads."))

@@ -503,16 +503,22 @@ def _metric_zeros(step, state, train_data, per_device: int, teacher) -> dict:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_epoch_end: Optional[Callable[[dict], None]] = None) -> dict:
   """Trains per ``config``, writing logs and checkpoints to ``workdir``; returns the last
-  epoch's record (or, after a SIGTERM/Ctrl-C stop, the last complete epoch's)."""
+  epoch's record (or, after a SIGTERM/Ctrl-C stop, the last complete epoch's).
+
+  ``on_epoch_end(record)``, if given, is called in every process after each epoch's record is
+  logged and its checkpoint saved, with the record metrics.jsonl got; its time is outside
+  ``epoch_seconds`` (benchmarks/bench_epoch.py runs a PyTorch epoch there).
+  """
   config_lib.validate(config)
   with contextlib.ExitStack() as stack:
     run = setup(config, workdir, stack)
-    return _train_epochs(run)
+    return _train_epochs(run, on_epoch_end)
 
 
-def _train_epochs(run: Run) -> dict:
+def _train_epochs(run: Run, on_epoch_end: Optional[Callable[[dict], None]] = None) -> dict:
   config, spe = run.config, run.steps_per_epoch
   n_train = len(run.ds.train_labels)
   n_dev = len(run.devices)
@@ -579,6 +585,8 @@ def _train_epochs(run: Run) -> dict:
       if run.is_chief:
         logging.info("epoch %d: %s", epoch + 1, _summary_line(record))
       _save(run.ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
+      if on_epoch_end is not None:
+        on_epoch_end(record)
   return record
 
 

@@ -92,13 +92,17 @@ def test_learns_on_real_cifar10(run_2048):
 
 
 def test_bn_free_model_trains_with_method1_and_agc(cifar10_path, tmp_path):
-  """The BN-free recipe end to end: no batch_stats anywhere, finite loss, weight stats logged."""
+  """The BN-free recipe end to end: no batch_stats anywhere, finite loss, weight stats logged;
+  the ``on_epoch_end`` hook sees the logged record."""
   config = tiny_config(cifar10_path, num_epochs=1, **{
       "model.name": "reactnet18_bnfree", "optim.agc_clip": 0.02, "optim.w_reg.enabled": True,
       "optim.cosine_momentum.enabled": True, "data.train_subset": 256})
-  record = train_lib.train_and_evaluate(config, str(tmp_path))
+  seen = []
+  record = train_lib.train_and_evaluate(config, str(tmp_path), on_epoch_end=seen.append)
   assert np.isfinite(record["train/loss"]) and np.isfinite(record["test/loss"])
   assert "weights/overall/mean_dist" in record
+  # the epoch hook got each epoch's record, the one metrics.jsonl holds
+  assert seen == [record] and checkpoints.read_metrics(str(tmp_path)) == [record]
   run = checkpoints.load_run(str(tmp_path))
   assert not jax.tree.leaves(run.batch_stats)
   init = train_lib.create_state(train_lib.build_model(config, 10), optax.sgd(0.0),
