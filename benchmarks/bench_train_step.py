@@ -17,7 +17,13 @@ compute the same function. The two sides are then timed interleaved in this proc
   python benchmarks/bench_train_step.py                         # width 0.25, batches 32,64,128
   python benchmarks/bench_train_step.py --xla-flags=            # the same, XLA's default flags
   python benchmarks/bench_train_step.py --width 1 --batches 32,128 --steps 1 --repeats 5
-  python benchmarks/bench_train_step.py --width 1 --batches 128,256 --torch-device cuda  # GPU
+  python benchmarks/bench_train_step.py --width 1 --batches 128,256 --torch-device cuda \
+      --xla-flags= --dtypes float32,bfloat16                                  # GPU
+
+``--dtypes bfloat16``: the JAX model computes in bfloat16 (``model.dtype``; parameters, BN
+statistics and Adam stay float32, as in the trainer) and the PyTorch step runs under
+``torch.autocast(dtype=torch.bfloat16)``. The same-function check is made once, in float32
+at the highest matmul precision (GPUs otherwise use TF32 for float32 convolutions).
 """
 
 from __future__ import annotations
@@ -34,15 +40,20 @@ import torch.nn.functional as F
 
 import common
 import torch_reactnet
-from bnn_jax import losses, train_lib
+from bnn_jax import losses, models, train_lib
 
 
-def torch_runner(model, opt, x, y):
-  """n eager PyTorch train steps (forward, cross-entropy, backward, Adam)."""
+def torch_runner(model, opt, x, y, dtype: str = "float32"):
+  """n eager PyTorch train steps (forward, cross-entropy, backward, Adam); ``dtype``
+  bfloat16 runs forward and loss under autocast."""
+  autocast = dtype == "bfloat16"
+
   def run(n: int) -> None:
     for _ in range(n):
       opt.zero_grad(set_to_none=True)
-      F.cross_entropy(model(x), y).backward()
+      with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = F.cross_entropy(model(x), y)
+      loss.backward()
       opt.step()
     if x.is_cuda:
       torch.cuda.synchronize()
@@ -62,7 +73,8 @@ def check_same_function(model, state, torch_model, batch: int = 16) -> tuple[boo
                             train=True, mutable=["batch_stats"])
     return losses.cross_entropy(logits, y, 10).mean(), logits
 
-  (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
+  with jax.default_matmul_precision("highest"):
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
   torch_model.train()
   torch_model.zero_grad(set_to_none=True)
   out = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
@@ -82,6 +94,8 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count(),
                       help="torch.set_num_threads (default: all cores, as XLA uses)")
   parser.add_argument("--torch-device", default="cpu", help="cpu or cuda")
+  parser.add_argument("--dtypes", default="float32",
+                      help="comma-separated compute dtypes: float32, bfloat16")
   parser.add_argument("--xla-flags", default=common.TUNED_XLA_FLAGS,
                       help="appended to $XLA_FLAGS for the JAX side (default: the CPU tuning "
                            "of common.TUNED_XLA_FLAGS; '' for XLA's defaults)")
@@ -108,11 +122,17 @@ def main():
 
   step = common.jit_float_step()
   rows, spreads = [], []
-  for batch in common.batch_sizes(args.batches):
+  dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+  for dtype, batch in [(d, b) for d in dtypes for b in common.batch_sizes(args.batches)]:
+    if dtype not in ("float32", "bfloat16"):
+      raise SystemExit(f"--dtypes: {dtype!r} is not float32 or bfloat16")
     rng = np.random.RandomState(batch)
     x = rng.randn(batch, 32, 32, 3).astype(np.float32)
     y = rng.randint(0, 10, batch).astype(np.int32)
     state = common.fresh_copy(template)
+    if dtype != "float32":
+      state = state.replace(apply_fn=models.get_model(
+          "reactnet18", num_classes=10, width=args.width, dtype=dtype).apply)
     torch_model = torch_reactnet.ReActNet18(10, args.width)
     torch_reactnet.load_flax_params(torch_model, template.params)
     torch_model.to(dev).train()
@@ -120,18 +140,18 @@ def main():
     x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(dev)  # NCHW
     y_torch = torch.from_numpy(y).long().to(dev)
     runners = {"jax": common.step_runner(step, state, jnp.asarray(x), jnp.asarray(y)),
-               "torch": torch_runner(torch_model, opt, x_torch, y_torch)}
+               "torch": torch_runner(torch_model, opt, x_torch, y_torch, dtype)}
     t = common.time_interleaved(runners, args.steps, args.repeats, args.warmup)
     jax_ips, torch_ips = batch / t.median("jax"), batch / t.median("torch")
     jax_best, torch_best = batch / t.best("jax"), batch / t.best("torch")
-    rows.append((batch, jax_ips, torch_ips, jax_ips / torch_ips,
+    rows.append((dtype, batch, jax_ips, torch_ips, jax_ips / torch_ips,
                  jax_best, torch_best, jax_best / torch_best))
-    spreads.append(f"batch {batch}: {t.spread()}")
+    spreads.append(f"{dtype} batch {batch}: {t.spread()}")
     del state, runners  # free the buffers before the next batch
 
   common.print_table(
       f"Train step, ReActNet-18 width {args.width:g} ({n_jax:,} params), images/s",
-      ("batch", "jax img/s", "torch img/s", "ratio jax/torch", "jax best", "torch best",
+      ("dtype", "batch", "jax img/s", "torch img/s", "ratio jax/torch", "jax best", "torch best",
        "ratio best"), rows,
       notes=(f"torch {torch.__version__} eager on {args.torch_device}, "
              f"{torch.get_num_threads()} threads. img/s: median of {args.repeats} alternating "

@@ -11,6 +11,13 @@ About 15-30 minutes a run on 2 cores.
 Each run trains in ``--runs/ARM_sSEED`` (resumable: rerun the same command) and, once finished,
 its ``metrics.jsonl`` and ``config.json`` are copied to ``experiments/results/ARM_sSEED/``,
 which is what gets committed and what ``experiments/tables.py`` reads.
+
+On one accelerator, ``--jobs N`` runs N arms at once, each in its own process (a width-0.25
+network at batch 128 leaves a GPU mostly idle); an arm whose teacher is another run waits
+until that run has finished. Each process's output goes to ``--runs/NAME.log``:
+
+  python experiments/proxy.py --data /tmp/cifar-10-binary.tar.gz --jobs 8 \
+      --arms m2_fp m3_r18_ce m3_r18_both --seeds 0 1
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import time
 
@@ -49,7 +58,14 @@ ARMS = {
     # kappa and D at the scale of t = mean|w| (~0.03-0.1 at this width), not of t = 1
     "m1_cosmom": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.strength": 1.0,
                                      "optim.cosine_momentum.width": 0.05}),
+    # Both transforms together (the W-regularizer at the CPU runs' best strength, late start).
+    "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3,
+                                          **COSMOM, "optim.cosine_momentum.strength": 1.0,
+                                          "optim.cosine_momentum.width": 0.05}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
+    # The BN-free network with the same plus the W-regularizer (lambda 0.3, late start).
+    "m1_bnfree_agc_wreg": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02, **WREG, **LATE,
+                                                     "optim.w_reg.strength": 0.3}),
     # Bop (issue 14) on the binary kernels, Adam on the rest: larq's defaults, and a larger tau.
     "bop_larq": ("reactnet18", {}, {"optim.name": "bop", "optim.bop.threshold": 1e-8,
                                     "optim.bop.gamma": 1e-4}),
@@ -124,6 +140,58 @@ def collect(workdir: str, name: str, results: str = RESULTS) -> str:
   return out
 
 
+def teacher_runs(arm: str) -> list[str]:
+  """The runs (ARM_sSEED names) an arm's overrides point to through ``{runs}/NAME``."""
+  return [m for v in ARMS[arm][2].values() if isinstance(v, str)
+          for m in re.findall(r"\{runs\}/([\w.\-]+)", v)]
+
+
+def run_parallel(args, jobs: list[tuple[str, int]]) -> int:
+  """Runs each (arm, seed) as ``proxy.py --arms ARM --seeds SEED`` in its own process, at most
+  ``args.jobs`` at a time, in the given order, a job starting only once its teachers have
+  finished. Returns the number of jobs that did not finish."""
+  pending = list(jobs)
+  running: dict[str, tuple[subprocess.Popen, object]] = {}
+  failed: set[str] = set()
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")  # share the accelerator
+  os.makedirs(args.runs, exist_ok=True)
+  while pending or running:
+    for name, (proc, log) in list(running.items()):
+      if proc.poll() is not None:
+        log.close()
+        del running[name]
+        ok = proc.returncode == 0 and finished(os.path.join(args.runs, name), args.epochs)
+        if not ok:
+          failed.add(name)
+        print(f"{name}: {'finished' if ok else f'FAILED (exit {proc.returncode})'}", flush=True)
+    for job in list(pending):
+      if len(running) >= args.jobs:
+        break
+      arm, seed = job
+      name = f"{arm}_s{seed}"
+      teachers = teacher_runs(arm)
+      if any(t in failed for t in teachers):
+        pending.remove(job)
+        failed.add(name)
+        print(f"{name}: skipped (its teacher failed)", flush=True)
+        continue
+      if not all(t not in running and finished(os.path.join(args.runs, t), args.epochs)
+                 for t in teachers):
+        if not any(t in running or t in {f"{a}_s{s}" for a, s in pending} for t in teachers):
+          raise SystemExit(f"{name} needs the finished run(s) {teachers} in {args.runs}; "
+                           f"add their arms to --arms.")
+        continue
+      pending.remove(job)
+      cmd = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--arms", arm,
+             "--seeds", str(seed), "--runs", args.runs, "--epochs", str(args.epochs),
+             "--results", args.results, "--set", *args.set]
+      log = open(os.path.join(args.runs, f"{name}.log"), "a")
+      running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+      print(f"{name}: started", flush=True)
+    time.sleep(1.0)
+  return len(failed)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,7 +202,15 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=4)
   parser.add_argument("--set", nargs="*", default=[], help="extra overrides key=json_value")
   parser.add_argument("--results", default=RESULTS, help="where finished runs are collected")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="arms run at once, each in its own process (for an accelerator)")
   args = parser.parse_args(argv)
+  if args.jobs > 1:
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    # Teachers first, so that their students can start as early as possible.
+    needed = {t for arm, _ in jobs for t in teacher_runs(arm)}
+    jobs.sort(key=lambda j: f"{j[0]}_s{j[1]}" not in needed)
+    sys.exit(1 if run_parallel(args, jobs) else 0)
   from bnn_jax import xla_cpu
   xla_cpu.add_tuned_flags()  # the CPU flag train.py sets, before JAX starts
   from bnn_jax import train_lib

@@ -23,7 +23,7 @@ RESULTS = os.path.join(HERE, "results")
 ABLATIONS = {
     "method1": ["m3_r18_ce", "m1_l2", "m1_wreg_0.1", "m1_wreg_0.3", "m1_wreg_1.0",
                 "m1_wreg_0.1_late", "m1_wreg_0.3_late", "m1_wreg_1.0_late", "m1_cosmom",
-                "m1_bnfree_agc"],
+                "m1_wreg_cosmom", "m1_bnfree_agc", "m1_bnfree_agc_wreg"],
     "method2": ["m2_fp", "m2_bnn", "m2_mv", "m2_mv_zp", "m2_ge", "m2_all", "m3_r18_ce",
                 "m2_reactnet_fda"],
     "bop": ["m3_r18_ce", "bop_larq", "bop_larq_decay", "bop_tau1e-6"],

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# What produced the GPU figures in docs/RESULTS.md and docs/BENCHMARKS.md: one lent NVIDIA H200,
+# its image's own JAX (CUDA build), PyTorch and CUDA, this project's pinned pure-Python packages
+# carried as wheels in .whl/ (flax, optax, orbax-checkpoint, chex, ml_collections, tensorboardX),
+# no TensorFlow. Run from the repository root:
+#
+#   bash experiments/device_run.sh smoke      # imports, a 1-epoch --jobs run on a small slice
+#                                             # (teacher and student), the train-step benchmark
+#   JOBS=10 ABLATION_S=400 bash experiments/device_run.sh ablation
+#                                             # the proxy ablation, then full-recipe epoch times
+#
+# The ablation mode needs the CIFAR-10 archive's parts in .device-data/ (c10.part-*); results
+# (metrics.jsonl + config.json of every finished run) come back as $OUT/results_gpu.tgz.
+set -uo pipefail
+mode=${1:?usage: device_run.sh smoke|ablation}
+out=${OUT:-/tmp/device_out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+nvidia-smi -L
+python3 -c "import jax, flax, optax, orbax.checkpoint, chex, torch; print('jax', jax.__version__,
+'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
+
+case $mode in
+smoke)
+  timeout 200 python3 experiments/proxy.py --data .device-data/tiny.tar.gz --runs /tmp/smoke \
+    --results /tmp/smoke_results --epochs 1 --jobs 4 --seeds 0 \
+    --arms m2_fp m3_r18_both m1_bnfree_agc_wreg m3_vgg_ce 2>&1 | tee "$out/smoke.log"
+  for f in /tmp/smoke/*.log; do echo "== $f"; grep -v "^WARNING\|^I0\|^W0" "$f" | tail -n 8; done
+  timeout 200 python3 benchmarks/bench_train_step.py --width 1 --batches 256 --steps 10 \
+    --repeats 5 --torch-device cuda --xla-flags= --dtypes float32,bfloat16 2>&1 \
+    | tee "$out/bench_train_step_gpu.txt"
+  ;;
+ablation)
+  cat .device-data/c10.part-* > /tmp/c10.tar.gz && ls -la /tmp/c10.tar.gz || exit 1
+  timeout -s TERM "${ABLATION_S:-400}" python3 experiments/proxy.py --data /tmp/c10.tar.gz \
+    --runs /tmp/runs --results /tmp/results_gpu --jobs "${JOBS:-8}" --seeds 0 1 --arms \
+    m2_fp m3_teacher_vgg_fp m3_r18_ce m3_r18_both m3_r18_semantic m3_r18_detail m3_vgg_ce \
+    m3_vgg_both m1_wreg_0.3_late m1_wreg_1.0_late m1_wreg_0.1_late m1_l2 m1_wreg_0.1 \
+    m1_wreg_0.3 m1_wreg_1.0 m1_cosmom m1_wreg_cosmom m1_bnfree_agc m1_bnfree_agc_wreg \
+    m2_bnn m2_all m2_reactnet_fda > "$out/ablation.log" 2>&1
+  sleep 5  # the interrupted runs save their checkpoints
+  tail -n 60 "$out/ablation.log"
+  tar czf "$out/results_gpu.tgz" -C /tmp results_gpu
+  (cd /tmp/runs && tar czf "$out/run_logs.tgz" ./*.log)
+  for dtype in float32 bfloat16; do
+    timeout 100 python3 train.py --config configs/reactnet18_cifar10.py \
+      --workdir "/tmp/full_$dtype" --config.data.path=/tmp/c10.tar.gz --config.num_epochs=2 \
+      --config.model.dtype=$dtype --config.progress_bar=False > "/tmp/full_$dtype.log" 2>&1
+    echo "== full recipe $dtype"; cat "/tmp/full_$dtype/metrics.jsonl"
+    cp "/tmp/full_$dtype/metrics.jsonl" "$out/full_recipe_${dtype}.jsonl"
+  done
+  ;;
+esac
+ls -la "$out"
