@@ -146,6 +146,14 @@ def teacher_runs(arm: str) -> list[str]:
           for m in re.findall(r"\{runs\}/([\w.\-]+)", v)]
 
 
+def ordered_jobs(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+  """(arm, seed) pairs, seed by seed in the given arm order, the runs that are some other
+  arm's teacher first (so that their students can start as early as possible)."""
+  jobs = [(arm, seed) for seed in seeds for arm in arms]
+  needed = {t for arm, _ in jobs for t in teacher_runs(arm)}
+  return sorted(jobs, key=lambda job: f"{job[0]}_s{job[1]}" not in needed)
+
+
 def run_parallel(args, jobs: list[tuple[str, int]]) -> int:
   """Runs each (arm, seed) as ``proxy.py --arms ARM --seeds SEED`` in its own process, at most
   ``args.jobs`` at a time, in the given order, a job starting only once its teachers have
@@ -206,11 +214,7 @@ def main(argv=None):
                       help="arms run at once, each in its own process (for an accelerator)")
   args = parser.parse_args(argv)
   if args.jobs > 1:
-    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    # Teachers first, so that their students can start as early as possible.
-    needed = {t for arm, _ in jobs for t in teacher_runs(arm)}
-    jobs.sort(key=lambda j: f"{j[0]}_s{j[1]}" not in needed)
-    sys.exit(1 if run_parallel(args, jobs) else 0)
+    sys.exit(1 if run_parallel(args, ordered_jobs(args.arms, args.seeds)) else 0)
   from bnn_jax import xla_cpu
   xla_cpu.add_tuned_flags()  # the CPU flag train.py sets, before JAX starts
   from bnn_jax import train_lib

@@ -45,3 +45,22 @@ def test_method2_table_means_ranges_and_gap(tmp_path):
   # mean per epoch (45, 72), final 72 (70-74), gap 80 - 72 = +8, entropy mean 0.85
   assert bnn == "| m2_bnn | 0, 1 | 45.00 / 72.00 | **72.00** (70.00-74.00) | +8.00 | 0.850 |"
   assert "| m2_all | (not run yet) |" in text
+
+
+def test_parallel_jobs_put_teachers_first_and_name_them():
+  assert proxy.teacher_runs("m3_r18_both") == ["m2_fp_s0"]
+  assert proxy.teacher_runs("m3_vgg_both") == ["m3_teacher_vgg_fp_s0"]
+  assert proxy.teacher_runs("m3_r18_ce") == []
+  jobs = proxy.ordered_jobs(["m3_r18_both", "m3_vgg_both", "m2_fp", "m3_teacher_vgg_fp"], [0, 1])
+  assert jobs[:2] == [("m2_fp", 0), ("m3_teacher_vgg_fp", 0)]  # the teachers, then given order
+  assert jobs[2:] == [("m3_r18_both", 0), ("m3_vgg_both", 0), ("m3_r18_both", 1),
+                      ("m3_vgg_both", 1), ("m2_fp", 1), ("m3_teacher_vgg_fp", 1)]
+
+
+def test_parallel_run_without_its_teacher_says_which_arm_to_add(tmp_path, capsys):
+  # Nothing is started: the student's teacher is neither finished in --runs nor among the jobs.
+  with pytest.raises(SystemExit, match=r"m3_r18_both_s0 needs the finished run\(s\) "
+                                       r"\['m2_fp_s0'\].*add their arms to --arms"):
+    proxy.main(["--data", "cifar.tar.gz", "--arms", "m3_r18_both", "--seeds", "0", "--jobs", "2",
+                "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+  assert not any(p.suffix == ".log" for p in (tmp_path / "runs").iterdir())
