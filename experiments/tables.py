@@ -23,12 +23,12 @@ RESULTS = os.path.join(HERE, "results")
 ABLATIONS = {
     "method1": ["m3_r18_ce", "m1_l2", "m1_wreg_0.1", "m1_wreg_0.3", "m1_wreg_1.0",
                 "m1_wreg_0.1_late", "m1_wreg_0.3_late", "m1_wreg_1.0_late", "m1_cosmom",
-                "m1_wreg_cosmom", "m1_bnfree_agc", "m1_bnfree_agc_wreg"],
+                "m1_wreg_cosmom", "m1_bnfree_agc", "m1_bnfree_agc_wreg", "m1_bnfree_agc_cosmom"],
     "method2": ["m2_fp", "m2_bnn", "m2_mv", "m2_mv_zp", "m2_ge", "m2_all", "m3_r18_ce",
                 "m2_reactnet_fda"],
     "bop": ["m3_r18_ce", "bop_larq", "bop_larq_decay", "bop_tau1e-6"],
     "method3": ["m2_fp", "m3_r18_ce", "m3_r18_semantic", "m3_r18_detail", "m3_r18_both",
-                "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both"],
+                "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both", "m3_vgg_both_nocos", "m3_vgg_detail"],
 }
 EXTRA = {
     "method1": [("e_q", "weights/overall/quant_error", "{:.3f}"),
