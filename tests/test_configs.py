@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -11,7 +12,8 @@ from bnn_jax import optim
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f != "__init__.py")
 REACTNET_OPTIONS = ("", "step1", "step2", "bnfree", "wreg", "cosmom", "method1", "cifar100",
-                    "bnfree,method1", "bnfree,method1,cifar100", "method1,cifar100")
+                    "bnfree,method1", "bnfree,method1,cifar100", "method1,cifar100",
+                    "method1,wreg")
 
 
 def load(name, options=None):
@@ -39,10 +41,28 @@ def test_reactnet18_options(options):
   opts = set(options.split(","))
   assert c.model.name == ("reactnet18_bnfree" if "bnfree" in opts else "reactnet18")
   assert c.model.options.binarize_weights == ("step1" not in opts)
-  assert c.optim.w_reg.enabled == bool(opts & {"wreg", "method1"})
+  assert c.optim.w_reg.enabled == ("wreg" in opts)
   assert c.optim.cosine_momentum.enabled == bool(opts & {"cosmom", "method1"})
   assert c.optim.agc_clip == (0.02 if "bnfree" in opts else 0.0)
   assert c.data.dataset == ("cifar100" if "cifar100" in opts else "cifar10")
+
+
+def test_method1_turns_on_the_best_proxy_settings():
+  """:method1 = the cosine momentum as in the proxy arm m1_cosmom (docs/RESULTS.md), :wreg the
+  W-regularizer as in m1_wreg_0.3_late, the late start scaled from 2 + 1 of 4 epochs."""
+  sys.path.insert(0, os.path.join(os.path.dirname(CONFIG_DIR), "experiments"))
+  import proxy  # experiments/proxy.py: the ablation's arms  # pylint: disable=import-outside-toplevel
+  c = load("reactnet18_cifar10.py", "method1,wreg")
+  arm = {**proxy.ARMS["m1_cosmom"][2], **proxy.ARMS["m1_wreg_0.3_late"][2]}
+  for key, value in arm.items():
+    section, term, field = key.split(".")
+    got = c[section][term][field]
+    if field in ("start_epochs", "ramp_epochs"):
+      assert got == value / 4 * c.num_epochs, key
+    else:
+      assert got == value, key
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)  # builds with both on
+  assert not load("reactnet18_cifar10.py", "method1").optim.w_reg.enabled
 
 
 def test_reactnet18_full_scale_recipe():
