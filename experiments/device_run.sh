@@ -8,33 +8,42 @@
 #                                             # (teacher and student), the train-step benchmark
 #   JOBS=10 ABLATION_S=400 bash experiments/device_run.sh ablation
 #                                             # the proxy ablation, then full-recipe epoch times
+#   SEGMENT_S=540 bash experiments/device_run.sh full configs/reactnet18_cifar10.py:method1 r18_m1
+#                                             # one segment of a full-scale run: stops (SIGTERM,
+#                                             # saved mid-epoch) after SEGMENT_S seconds; the
+#                                             # same call on the still-warm machine resumes it
+#
+# A full ReActNet-18 run (256 epochs) needs about 11 minutes on an H200 (2.25 s per epoch):
+# two back-to-back `full` calls, the first one carrying the last data part. Its checkpoint
+# (~135 MB) cannot come back, so the run is lost if the machine goes back in between.
 #
 # The ablation mode needs the CIFAR-10 archive's parts in .device-data/ (c10.part-*); results
 # (metrics.jsonl + config.json of every finished run) come back as $OUT/results_gpu.tgz.
 set -uo pipefail
-mode=${1:?usage: device_run.sh smoke|ablation}
+mode=${1:?usage: device_run.sh smoke|ablation|full CONFIG NAME}
+PY=${PY:-python3}  # the device image's Python (it has JAX's CUDA build and PyTorch)
 out=${OUT:-/tmp/device_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 nvidia-smi -L
-python3 -c "import jax, flax, optax, orbax.checkpoint, chex, torch; print('jax', jax.__version__,
+$PY -c "import jax, flax, optax, orbax.checkpoint, chex, torch; print('jax', jax.__version__,
 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
 
 case $mode in
 smoke)
-  timeout 200 python3 experiments/proxy.py --data .device-data/tiny.tar.gz --runs /tmp/smoke \
+  timeout 200 $PY experiments/proxy.py --data .device-data/tiny.tar.gz --runs /tmp/smoke \
     --results /tmp/smoke_results --epochs 1 --jobs 4 --seeds 0 \
     --arms m2_fp m3_r18_both m1_bnfree_agc_wreg m3_vgg_ce 2>&1 | tee "$out/smoke.log"
   for f in /tmp/smoke/*.log; do echo "== $f"; grep -v "^WARNING\|^I0\|^W0" "$f" | tail -n 8; done
-  timeout 200 python3 benchmarks/bench_train_step.py --width 1 --batches 256 --steps 10 \
+  timeout 200 $PY benchmarks/bench_train_step.py --width 1 --batches 256 --steps 10 \
     --repeats 5 --torch-device cuda --xla-flags= --dtypes float32,bfloat16 2>&1 \
     | tee "$out/bench_train_step_gpu.txt"
   ;;
 ablation)
   cat .device-data/c10.part-* > /tmp/c10.tar.gz && ls -la /tmp/c10.tar.gz || exit 1
-  timeout -s TERM "${ABLATION_S:-400}" python3 experiments/proxy.py --data /tmp/c10.tar.gz \
+  timeout -s TERM "${ABLATION_S:-400}" $PY experiments/proxy.py --data /tmp/c10.tar.gz \
     --runs /tmp/runs --results /tmp/results_gpu --jobs "${JOBS:-8}" --seeds 0 1 --arms \
     m2_fp m3_teacher_vgg_fp m3_r18_ce m3_r18_both m3_r18_semantic m3_r18_detail m3_vgg_ce \
     m3_vgg_both m1_wreg_0.3_late m1_wreg_1.0_late m1_wreg_0.1_late m1_l2 m1_wreg_0.1 \
@@ -45,12 +54,23 @@ ablation)
   tar czf "$out/results_gpu.tgz" -C /tmp results_gpu
   (cd /tmp/runs && tar czf "$out/run_logs.tgz" ./*.log)
   for dtype in float32 bfloat16; do
-    timeout 100 python3 train.py --config configs/reactnet18_cifar10.py \
+    timeout 100 $PY train.py --config configs/reactnet18_cifar10.py \
       --workdir "/tmp/full_$dtype" --config.data.path=/tmp/c10.tar.gz --config.num_epochs=2 \
       --config.model.dtype=$dtype --config.progress_bar=False > "/tmp/full_$dtype.log" 2>&1
     echo "== full recipe $dtype"; cat "/tmp/full_$dtype/metrics.jsonl"
     cp "/tmp/full_$dtype/metrics.jsonl" "$out/full_recipe_${dtype}.jsonl"
   done
+  ;;
+full)
+  cfg=${2:?config, e.g. configs/reactnet18_cifar10.py:method1}; name=${3:?run name}
+  mkdir -p /tmp/full
+  [ -f /tmp/c10.tar.gz ] || cat .device-data/c10.part-* > /tmp/c10.tar.gz || exit 1
+  timeout -s TERM "${SEGMENT_S:-540}" $PY train.py --config "$cfg" --workdir "/tmp/full/$name" \
+    --config.data.path=/tmp/c10.tar.gz --config.progress_bar=False >> "/tmp/full/$name.log" 2>&1
+  echo "train.py exit $? (124: stopped after SEGMENT_S and saved; rerun to resume)"
+  tail -n 5 "/tmp/full/$name.log"
+  cp "/tmp/full/$name/metrics.jsonl" "$out/$name.metrics.jsonl"
+  cp "/tmp/full/$name/config.json" "$out/$name.config.json"
   ;;
 esac
 ls -la "$out"
