@@ -40,8 +40,10 @@ FDA_OFF = {"mean_variance": False, "zero_point": False, "excitation": False, "re
 WREG = {"optim.w_reg.enabled": True, "optim.w_reg.target": "mean_abs",
         "optim.w_reg.placement": "decoupled"}
 LATE = {"optim.w_reg.start_epochs": 2.0, "optim.w_reg.ramp_epochs": 1.0}
+# kappa and D at the scale of t = mean|w| (~0.03-0.1 at this width), not of t = 1
 COSMOM = {"optim.cosine_momentum.enabled": True, "optim.cosine_momentum.target": "mean_abs",
-          "optim.cosine_momentum.placement": "decoupled"}
+          "optim.cosine_momentum.placement": "decoupled", "optim.cosine_momentum.strength": 1.0,
+          "optim.cosine_momentum.width": 0.05}
 TEACHER_R18 = {"teacher.workdir": "{runs}/m2_fp_s0"}
 TEACHER_VGG = {"teacher.workdir": "{runs}/m3_teacher_vgg_fp_s0"}
 SEMANTIC = {"distill.semantic_weight": 1.0}
@@ -55,18 +57,12 @@ ARMS = {
        for lam in (0.1, 0.3, 1.0)},
     **{f"m1_wreg_{lam}_late": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": lam})
        for lam in (0.1, 0.3, 1.0)},
-    # kappa and D at the scale of t = mean|w| (~0.03-0.1 at this width), not of t = 1
-    "m1_cosmom": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.strength": 1.0,
-                                     "optim.cosine_momentum.width": 0.05}),
+    "m1_cosmom": ("reactnet18", {}, COSMOM),
     # Both transforms together (the W-regularizer at the CPU runs' best strength, late start).
-    "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3,
-                                          **COSMOM, "optim.cosine_momentum.strength": 1.0,
-                                          "optim.cosine_momentum.width": 0.05}),
+    "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3, **COSMOM}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
     # The BN-free network with the same plus the cosine momentum (the best BN setting, GPU s0).
-    "m1_bnfree_agc_cosmom": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02, **COSMOM,
-                                                       "optim.cosine_momentum.strength": 1.0,
-                                                       "optim.cosine_momentum.width": 0.05}),
+    "m1_bnfree_agc_cosmom": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02, **COSMOM}),
     # The BN-free network with the same plus the W-regularizer (lambda 0.3, late start).
     "m1_bnfree_agc_wreg": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02, **WREG, **LATE,
                                                      "optim.w_reg.strength": 0.3}),
