@@ -96,6 +96,9 @@ ARMS = {
     "m3_vgg_both_nocos": ("vgg_small_bnn", {}, {**TEACHER_VGG, **SEMANTIC, **DETAIL,
                                                 "distill.cosine_weight": 0.0}),
     "m3_vgg_detail": ("vgg_small_bnn", {}, {**TEACHER_VGG, **DETAIL}),
+    # The KL alone, and the detail term at a tenth of its weight (the detail term alone hurt).
+    "m3_vgg_kl": ("vgg_small_bnn", {}, {**TEACHER_VGG, **SEMANTIC, "distill.cosine_weight": 0.0}),
+    "m3_vgg_detail_w1": ("vgg_small_bnn", {}, {**TEACHER_VGG, "distill.detail_weight": 1.0}),
 }
 
 
