@@ -128,8 +128,20 @@ def test_method2_and_method3_options_of_reactnet_and_vgg():
   for name, teacher in (("reactnet18_cifar10.py", "runs/r18_fp"), ("vgg_small_cifar10.py", "runs/vgg_fp")):
     c = load(name, "method3")
     config_lib.validate(c)
-    assert c.teacher.workdir == teacher and c.distill.semantic_weight > 0 and c.distill.detail_weight > 0
+    assert c.teacher.workdir == teacher and c.distill.semantic_weight > 0
     assert load(name, "method3,cifar100").teacher.workdir == teacher + "_c100"
+  # The distillation terms are the measured proxy arms': ReActNet-18 both terms (m3_r18_both),
+  # VGG-Small the KL alone (m3_vgg_kl; its detail term cost 4.3 points there).
+  sys.path.insert(0, os.path.join(os.path.dirname(CONFIG_DIR), "experiments"))
+  import proxy  # pylint: disable=import-outside-toplevel
+  for name, arm in (("reactnet18_cifar10.py", "m3_r18_both"), ("vgg_small_cifar10.py", "m3_vgg_kl")):
+    model, options, overrides = proxy.ARMS[arm]
+    want = proxy.proxy_config("x", model, options, 0, overrides).distill
+    got = load(name, "method3").distill
+    for field in ("semantic_weight", "kd_weight", "cosine_weight", "temperature",
+                  "detail_weight", "detail_kind", "detail_taps"):
+      assert got[field] == want[field], (name, field)
+  assert load("vgg_small_cifar10.py", "method3").distill.detail_weight == 0.0
 
 
 def test_distillation_weights_without_a_teacher_are_an_error():
