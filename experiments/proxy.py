@@ -166,6 +166,13 @@ def run_parallel(args, jobs: list[tuple[str, int]]) -> int:
   """Runs each (arm, seed) as ``proxy.py --arms ARM --seeds SEED`` in its own process, at most
   ``args.jobs`` at a time, in the given order, a job starting only once its teachers have
   finished. Returns the number of jobs that did not finish."""
+  names = {f"{arm}_s{seed}" for arm, seed in jobs}
+  for arm, seed in jobs:
+    missing = [t for t in teacher_runs(arm)
+               if t not in names and not finished(os.path.join(args.runs, t), args.epochs)]
+    if missing:
+      raise SystemExit(f"{arm}_s{seed} needs the finished run(s) {missing} in {args.runs}; "
+                       f"add their arms to --arms.")
   pending = list(jobs)
   running: dict[str, tuple[subprocess.Popen, object]] = {}
   failed: set[str] = set()
@@ -193,10 +200,7 @@ def run_parallel(args, jobs: list[tuple[str, int]]) -> int:
         continue
       if not all(t not in running and finished(os.path.join(args.runs, t), args.epochs)
                  for t in teachers):
-        if not any(t in running or t in {f"{a}_s{s}" for a, s in pending} for t in teachers):
-          raise SystemExit(f"{name} needs the finished run(s) {teachers} in {args.runs}; "
-                           f"add their arms to --arms.")
-        continue
+        continue  # its teacher is still pending or running
       pending.remove(job)
       cmd = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--arms", arm,
              "--seeds", str(seed), "--runs", args.runs, "--epochs", str(args.epochs),

@@ -28,7 +28,8 @@ ABLATIONS = {
                 "m2_reactnet_fda"],
     "bop": ["m3_r18_ce", "bop_larq", "bop_larq_decay", "bop_tau1e-6"],
     "method3": ["m2_fp", "m3_r18_ce", "m3_r18_semantic", "m3_r18_detail", "m3_r18_both",
-                "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both", "m3_vgg_both_nocos", "m3_vgg_detail", "m3_vgg_kl", "m3_vgg_detail_w1"],
+                "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both", "m3_vgg_both_nocos",
+                "m3_vgg_detail", "m3_vgg_kl", "m3_vgg_detail_w1"],
 }
 EXTRA = {
     "method1": [("e_q", "weights/overall/quant_error", "{:.3f}"),

@@ -10,6 +10,8 @@ from bnn_jax import config as config_lib
 from bnn_jax import optim
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+sys.path.insert(0, os.path.join(os.path.dirname(CONFIG_DIR), "experiments"))
+import proxy  # noqa: E402  experiments/proxy.py: the ablation's arms, which the recipes follow
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f != "__init__.py")
 REACTNET_OPTIONS = ("", "step1", "step2", "bnfree", "wreg", "cosmom", "method1", "cifar100",
                     "bnfree,method1", "bnfree,method1,cifar100", "method1,cifar100",
@@ -50,8 +52,6 @@ def test_reactnet18_options(options):
 def test_method1_turns_on_the_best_proxy_settings():
   """:method1 = the cosine momentum as in the proxy arm m1_cosmom (docs/RESULTS.md), :wreg the
   W-regularizer as in m1_wreg_0.3_late, the late start scaled from 2 + 1 of 4 epochs."""
-  sys.path.insert(0, os.path.join(os.path.dirname(CONFIG_DIR), "experiments"))
-  import proxy  # experiments/proxy.py: the ablation's arms  # pylint: disable=import-outside-toplevel
   c = load("reactnet18_cifar10.py", "method1,wreg")
   arm = {**proxy.ARMS["m1_cosmom"][2], **proxy.ARMS["m1_wreg_0.3_late"][2]}
   for key, value in arm.items():
@@ -61,7 +61,7 @@ def test_method1_turns_on_the_best_proxy_settings():
       assert got == value / 4 * c.num_epochs, key
     else:
       assert got == value, key
-  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)  # builds with both on
+  optim.build_optimizer(c, steps_per_epoch=10)  # builds with both on
   assert not load("reactnet18_cifar10.py", "method1").optim.w_reg.enabled
 
 
@@ -132,8 +132,6 @@ def test_method2_and_method3_options_of_reactnet_and_vgg():
     assert load(name, "method3,cifar100").teacher.workdir == teacher + "_c100"
   # The distillation terms are the measured proxy arms': ReActNet-18 both terms (m3_r18_both),
   # VGG-Small the KL alone (m3_vgg_kl; its detail term cost 4.3 points there).
-  sys.path.insert(0, os.path.join(os.path.dirname(CONFIG_DIR), "experiments"))
-  import proxy  # pylint: disable=import-outside-toplevel
   for name, arm in (("reactnet18_cifar10.py", "m3_r18_both"), ("vgg_small_cifar10.py", "m3_vgg_kl")):
     model, options, overrides = proxy.ARMS[arm]
     want = proxy.proxy_config("x", model, options, 0, overrides).distill

@@ -57,10 +57,10 @@ def test_parallel_jobs_put_teachers_first_and_name_them():
                       ("m3_vgg_both", 1), ("m2_fp", 1), ("m3_teacher_vgg_fp", 1)]
 
 
-def test_parallel_run_without_its_teacher_says_which_arm_to_add(tmp_path, capsys):
+def test_parallel_run_without_its_teacher_says_which_arm_to_add(tmp_path):
   # Nothing is started: the student's teacher is neither finished in --runs nor among the jobs.
   with pytest.raises(SystemExit, match=r"m3_r18_both_s0 needs the finished run\(s\) "
                                        r"\['m2_fp_s0'\].*add their arms to --arms"):
     proxy.main(["--data", "cifar.tar.gz", "--arms", "m3_r18_both", "--seeds", "0", "--jobs", "2",
                 "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
-  assert not any(p.suffix == ".log" for p in (tmp_path / "runs").iterdir())
+  assert not (tmp_path / "runs").exists()
