@@ -61,7 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.nan_policy = "stop"                # a NaN/inf loss or gradient: stop (no bad checkpoint) | skip the step
   c.init_from = ""                     # workdir whose latest params/batch_stats start this run (two-step)
-  c.weight_target = 1.0                # t in the logged weight statistics (|w| vs +-t)
+  # t in the logged weight statistics (|w| vs +-t): a float, "mean_abs", or "auto" = the t of
+  # the method-1 term in use (else mean_abs), bnn_jax.optim.logged_weight_target
+  c.weight_target = ml_collections.FieldReference("auto", field_type=object)
 
   # --- output --------------------------------------------------------------
   c.checkpoint = ml_collections.ConfigDict()

@@ -45,6 +45,8 @@ import optax
 BINARY_KERNEL = "binary_kernel"
 REAL_KERNEL = "kernel"
 MEAN_ABS = "mean_abs"
+INIT_MEAN_ABS = "init_mean_abs"   # t = mean|w| per output channel of the initial weights, fixed
+TARGETS = (MEAN_ABS, INIT_MEAN_ABS)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")         # optax aliases that train every parameter
 BINARY_OPTIMIZERS = ("bop",)                  # binary_kernel by this, the rest by Adam
@@ -102,22 +104,29 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def _check_target(target: Target) -> None:
-  if isinstance(target, str) and target != MEAN_ABS:
-    raise ValueError(f"target must be a float or {MEAN_ABS!r}, got {target!r}.")
+def _check_target(target: Target, valid: tuple[str, ...] = (MEAN_ABS,)) -> None:
+  if isinstance(target, str) and target not in valid:
+    raise ValueError(f"target must be a float or one of {', '.join(map(repr, valid))}, "
+                     f"got {target!r}.")
+
+
+def channel_mean_abs(w: jax.Array) -> jax.Array:
+  """mean|w| per output channel (over all axes but the last, kept for broadcasting; over the
+  whole leaf for 0-d and 1-d leaves), under ``stop_gradient``: the binarizer's alpha."""
+  axes = tuple(range(w.ndim - 1)) if w.ndim > 1 else None
+  return jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
 
 
 def target_magnitude(w: jax.Array, target: Target = 1.0) -> jax.Array:
   """The target magnitude t for latent weights ``w``.
 
   A float t is returned as is. ``"mean_abs"`` gives t = mean|w| per output channel
-  (over all axes but the last, kept for broadcasting; over the whole leaf for 0-d and
-  1-d leaves), under ``stop_gradient``: the binarizer's scale alpha = mean|W|.
+  (``channel_mean_abs``), under ``stop_gradient``: the binarizer's scale alpha = mean|W|.
+  (``"init_mean_abs"``, the same of the initial weights, is kept in a transform's state.)
   """
   _check_target(target)
   if isinstance(target, str):
-    axes = tuple(range(w.ndim - 1)) if w.ndim > 1 else None
-    return jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=axes, keepdims=True))
+    return channel_mean_abs(w)
   return target
 
 
@@ -258,9 +267,11 @@ def w_regularization(strength: ScalarOrSchedule, power: int = 2, target: Target 
 
 
 class VariantCosineMomentumState(NamedTuple):
-  """State of ``variant_cosine_momentum``: step count and one velocity per masked leaf."""
+  """State of ``variant_cosine_momentum``: step count, one velocity per masked leaf, and
+  t per leaf for ``target="init_mean_abs"`` (None otherwise)."""
   count: jax.Array
   velocity: Any
+  target: Any = None
 
 
 def variant_cosine_momentum(strength: ScalarOrSchedule, decay: float = 0.9, width: float = 0.5,
@@ -285,37 +296,96 @@ def variant_cosine_momentum(strength: ScalarOrSchedule, decay: float = 0.9, widt
     strength: kappa, a float or an optax schedule of the step count.
     decay: mu, the velocity decay.
     width: D > 0, the distance beyond t at which the pull saturates.
-    target: t, a float or ``"mean_abs"`` (mean|w| per output channel, stop_gradient).
+    target: t, a float, ``"mean_abs"`` (mean|w| per output channel, stop_gradient, so t
+      moves with the weights) or ``"init_mean_abs"`` (the same of the weights ``init``
+      sees, then fixed: the target no longer follows the weights).
     mask: as in ``w_regularization`` (default ``"binary_kernel"``).
 
   Returns:
-    An ``optax.GradientTransformation`` with ``VariantCosineMomentumState(count, velocity)``
-    (under ``optax.masked``); its ``update`` needs ``params``.
+    An ``optax.GradientTransformation`` with ``VariantCosineMomentumState(count, velocity,
+    target)`` (under ``optax.masked``); its ``update`` needs ``params``.
+
+  >>> import jax.numpy as jnp
+  >>> tx = variant_cosine_momentum(1.0, decay=0.5, width=1.0, target="init_mean_abs", mask=None)
+  >>> state = tx.init(jnp.array([1.0, -3.0]))            # t = 2, fixed from here on
+  >>> tx.update(jnp.zeros(2), state, jnp.array([1.0, -3.0]))[0]  # d = 0, 1: m = 0, 1
+  Array([ 0., -1.], dtype=float32)
   """
   if _is_concrete(width) and not width > 0:
     raise ValueError(f"variant_cosine_momentum: width must be > 0, got {width!r}.")
-  _check_target(target)
+  _check_target(target, TARGETS)
+  fixed = target == INIT_MEAN_ABS
 
   def init_fn(params):
     _warn_if_nothing_selected("variant_cosine_momentum", params)
-    return VariantCosineMomentumState(count=jnp.zeros([], jnp.int32),
-                                      velocity=jax.tree.map(jnp.zeros_like, params))
+    return VariantCosineMomentumState(
+        count=jnp.zeros([], jnp.int32), velocity=jax.tree.map(jnp.zeros_like, params),
+        target=jax.tree.map(channel_mean_abs, params) if fixed else None)
 
   def update_fn(updates, state, params=None):
     _need_params("variant_cosine_momentum", params)
+    targets = state.target if fixed else jax.tree.map(lambda w: target_magnitude(w, target),
+                                                      params)
 
-    def new_velocity(v, w):
-      d = jnp.maximum(jnp.abs(w) - target_magnitude(w, target), 0.0)
+    def new_velocity(v, w, t):
+      d = jnp.maximum(jnp.abs(w) - t, 0.0)
       return (decay * v + cosine_ramp(d, width) * _sign(w)).astype(v.dtype)
 
-    velocity = jax.tree.map(new_velocity, state.velocity, params)
+    velocity = jax.tree.map(new_velocity, state.velocity, params, targets)
     kappa = _value(strength, state.count)
     updates = jax.tree.map(lambda g, v: g + (kappa * v).astype(g.dtype), updates, velocity)
     return updates, VariantCosineMomentumState(
-        count=optax.safe_int32_increment(state.count), velocity=velocity)
+        count=optax.safe_int32_increment(state.count), velocity=velocity, target=state.target)
 
   return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask,
                        "variant_cosine_momentum")
+
+
+# --- tail projection ------------------------------------------------------------------
+
+
+def tail_projection(width: float = 0.05, target: Target = MEAN_ABS,
+                    mask: Mask = BINARY_KERNEL) -> optax.GradientTransformation:
+  r"""Projects every masked weight back into the band: |w + u| <= t + D after the step.
+
+  u <- clip(w + u, -(t + D), t + D) - w        (t from the current w, per output channel)
+
+  The tail (|w| > t + D) is removed outright at every step, with no velocity: a control for
+  ``variant_cosine_momentum``, whose pull of the same tail comes with a heavy-ball velocity
+  (docs/METHODS.md, "Method 1"). It changes the final step, so chain it last, after the
+  learning rate (``build_optimizer`` puts it at the very end). A weight already inside the
+  band keeps its update unless the update carries it out of the band.
+
+  Args:
+    width: D >= 0, how far beyond t a weight may go.
+    target: t, a float or ``"mean_abs"`` (mean|w| per output channel of the current weights).
+    mask: as in ``w_regularization`` (default ``"binary_kernel"``).
+
+  >>> import jax.numpy as jnp
+  >>> tx = tail_projection(width=0.5, target=1.0, mask=None)
+  >>> w = jnp.array([0.25, 1.25, -3.0])
+  >>> tx.update(jnp.array([0.5, 0.5, 0.0]), tx.init(w), w)[0]  # to 0.75, 1.5, -1.5
+  Array([0.5 , 0.25, 1.5 ], dtype=float32)
+  """
+  if _is_concrete(width) and not width >= 0:
+    raise ValueError(f"tail_projection: width must be >= 0, got {width!r}.")
+  _check_target(target)
+
+  def init_fn(params):
+    _warn_if_nothing_selected("tail_projection", params)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    _need_params("tail_projection", params)
+
+    def project(u, w):
+      bound = target_magnitude(w, target) + width
+      return (jnp.clip(w + u, -bound, bound) - w).astype(u.dtype)
+
+    return jax.tree.map(project, updates, params), state
+
+  return _maybe_masked(optax.GradientTransformation(init_fn, update_fn), mask,
+                       "tail_projection")
 
 
 # --- placement ------------------------------------------------------------------------
@@ -498,6 +568,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.0              # real `kernel` leaves only; decoupled for adamw, L2 otherwise
   o.binary_weight_decay = 0.0       # plain L2 on latent `binary_kernel` (the classic baseline)
   o.agc_clip = 0.0                  # adaptive gradient clipping (BN-free: 0.02-0.04); 0 = off
+  o.binary_lr_multiplier = 1.0      # the latent binary weights' step x this (their lr = x * lr)
 
   o.w_reg = ml_collections.ConfigDict()
   o.w_reg.enabled = False
@@ -506,6 +577,8 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.w_reg.target = ml_collections.FieldReference(1.0, field_type=object)  # float | "mean_abs"
   o.w_reg.ramp_epochs = 0.0         # linear ramp 0 -> strength over these epochs; 0 = constant
   o.w_reg.start_epochs = 0.0        # off before this (a late start), then the ramp
+  o.w_reg.ramp_fraction = 0.0       # the same as fractions of num_epochs (resolved when the
+  o.w_reg.start_fraction = 0.0      #   optimizer is built; use either these or the epochs)
   o.w_reg.placement = "gradient"    # gradient (added before the optimizer) | decoupled (after, x lr)
 
   o.cosine_momentum = ml_collections.ConfigDict()
@@ -513,10 +586,17 @@ def default_optim_config() -> ml_collections.ConfigDict:
   o.cosine_momentum.strength = 1e-4  # kappa; no effect measurable in 4-epoch runs (empty tail)
   o.cosine_momentum.decay = 0.9      # mu
   o.cosine_momentum.width = 0.5      # D
-  o.cosine_momentum.target = ml_collections.FieldReference(1.0, field_type=object)
+  o.cosine_momentum.target = ml_collections.FieldReference(1.0, field_type=object)  # | init_mean_abs
   o.cosine_momentum.ramp_epochs = 0.0  # linear ramp 0 -> strength over these epochs; 0 = constant
   o.cosine_momentum.start_epochs = 0.0  # off before this, then the ramp
   o.cosine_momentum.placement = "gradient"  # gradient | decoupled
+  o.cosine_momentum.ramp_fraction = 0.0
+  o.cosine_momentum.start_fraction = 0.0
+
+  o.tail_projection = ml_collections.ConfigDict()  # |w| clipped to t + D after every step
+  o.tail_projection.enabled = False
+  o.tail_projection.width = 0.05    # D
+  o.tail_projection.target = ml_collections.FieldReference(MEAN_ABS, field_type=object)
 
   o.bop = ml_collections.ConfigDict()  # optim.name = "bop" only; defaults: larq.optimizers.Bop
   o.bop.threshold = 1e-8            # tau: flip where |m| > tau and sign(m) = sign(w)
@@ -568,7 +648,10 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
        by the learning rate as in AdamW, on real ``kernel`` leaves only) or
        ``optax.sgd`` (momentum, nesterov) -- the base scaling then the learning rate;
     4. the method-1 terms whose ``placement`` is "decoupled", each wrapped in
-       ``decoupled(term, lr)``: their step is -lr(step) * strength * term.
+       ``decoupled(term, lr)``: their step is -lr(step) * strength * term;
+    5. ``binary_lr_multiplier`` != 1: the whole step of ``binary_kernel`` leaves times it
+       (``optax.scale`` under ``binary_mask``), i.e. their learning rate is multiplier * lr;
+    6. ``tail_projection`` if enabled: |w| clipped to t + D after the step.
   Weight decay never touches ``binary_kernel`` (that is ``binary_weight_decay``).
 
   ``optim.name = "bop"`` builds a different optimizer, ``_build_bop``: Bop
@@ -609,8 +692,9 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
       parts.append(term)
 
   def strength(section):
-    return delayed_ramp(section.strength, int(round(section.start_epochs * steps_per_epoch)),
-                        int(round(section.ramp_epochs * steps_per_epoch)))
+    start, ramp = schedule_epochs(section, config.num_epochs)
+    return delayed_ramp(section.strength, int(round(start * steps_per_epoch)),
+                        int(round(ramp * steps_per_epoch)))
 
   if o.w_reg.enabled:
     place(w_regularization(strength(o.w_reg), power=o.w_reg.power, target=o.w_reg.target),
@@ -632,7 +716,44 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   else:
     parts.append(optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
   parts += after
+  if o.binary_lr_multiplier != 1.0:
+    if not o.binary_lr_multiplier > 0:
+      raise ValueError(f"optim.binary_lr_multiplier must be > 0, got {o.binary_lr_multiplier}.")
+    parts.append(optax.masked(optax.scale(o.binary_lr_multiplier), binary_mask))
+  if o.tail_projection.enabled:
+    p = o.tail_projection
+    parts.append(tail_projection(p.width, target=p.target))
   return optax.chain(*parts), lr
+
+
+def schedule_epochs(section: ml_collections.ConfigDict, num_epochs: float) -> tuple[float, float]:
+  """(start, ramp) in epochs of a method-1 term's strength: ``start_epochs``/``ramp_epochs``,
+  or ``start_fraction``/``ramp_fraction`` x num_epochs (so they follow --config.num_epochs)."""
+  epochs = (section.start_epochs, section.ramp_epochs)
+  fractions = (section.start_fraction, section.ramp_fraction)
+  if any(fractions):
+    if any(epochs):
+      raise ValueError("Set either start_epochs/ramp_epochs or start_fraction/ramp_fraction "
+                       f"of a method-1 term, not both (got epochs {epochs}, fractions "
+                       f"{fractions}).")
+    if not all(0 <= f <= 1 for f in fractions):
+      raise ValueError(f"start_fraction and ramp_fraction are fractions of the run, in [0, 1]; "
+                       f"got {fractions}.")
+    return fractions[0] * num_epochs, fractions[1] * num_epochs
+  return epochs
+
+
+def logged_weight_target(config: ml_collections.ConfigDict) -> Target:
+  """t for the logged weight statistics: ``config.weight_target``, or for ``"auto"`` the
+  target of the method-1 term in use (w_reg, cosine_momentum, tail_projection, in that
+  order; a fixed initial t is logged as mean_abs), else mean_abs, the binarizer's alpha."""
+  if config.weight_target != "auto":
+    return config.weight_target
+  o = config.optim
+  for section in (o.w_reg, o.cosine_momentum, o.tail_projection):
+    if section.enabled:
+      return MEAN_ABS if section.target == INIT_MEAN_ABS else section.target
+  return MEAN_ABS
 
 
 def _build_bop(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
@@ -656,7 +777,10 @@ def _build_bop(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.Gradie
   """
   conflicts = [name for name, on in (("optim.w_reg.enabled", o.w_reg.enabled),
                                      ("optim.cosine_momentum.enabled", o.cosine_momentum.enabled),
-                                     ("optim.binary_weight_decay > 0", o.binary_weight_decay > 0))
+                                     ("optim.binary_weight_decay > 0", o.binary_weight_decay > 0),
+                                     ("optim.tail_projection.enabled", o.tail_projection.enabled),
+                                     ("optim.binary_lr_multiplier != 1",
+                                      o.binary_lr_multiplier != 1.0))
                if on]
   if conflicts:
     raise ValueError(

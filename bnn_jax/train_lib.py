@@ -577,8 +577,8 @@ def _train_epochs(run: Run, on_epoch_end: Optional[Callable[[dict], None]] = Non
                                                        run.balance_indices).items()}))
       host_binary = _host_params_if_binary(state)
       if host_binary:
-        stats = weight_stats.latent_weight_stats(host_binary, target=config.weight_target,
-                                                 prev_params=prev_params)
+        stats = weight_stats.latent_weight_stats(
+            host_binary, target=optim.logged_weight_target(config), prev_params=prev_params)
         record.update(weight_stats.flatten_stats(stats, "weights"))
       prev_params = host_binary
       run.writer.epoch(record)

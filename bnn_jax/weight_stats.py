@@ -15,6 +15,9 @@ magnitude t and tolerance ``near``:
               how far the latent weights are from what the binarizer turns them into
               (0 when every weight of a channel sits at +-alpha; "overall" pools the sums)
   alpha_tail_frac  fraction with |w| > alpha (the tail with respect to the binarizer's scale)
+  channel_cv  std|w| / mean|w| within each output channel, averaged over channels ("overall":
+              over all channels of all layers): the spread of |w| / t for any per-channel t,
+              0 when every weight of a channel has the same magnitude
 
 Computed on the host in float64 NumPy; values are plain Python floats, ready for
 logging (``flatten_stats``). Used by the trainer's epoch log and ``bnn_jax.inspect``.
@@ -74,15 +77,25 @@ def _quant_sums(w: np.ndarray) -> tuple[float, float]:
   return float(np.sum((w - binarized) ** 2)), float(np.sum(w ** 2))
 
 
+def _channel_cv_sum(w: np.ndarray) -> tuple[float, float]:
+  """(sum over output channels of std|w| / mean|w|, number of channels); a channel whose
+  weights are all 0 counts 0."""
+  a = np.abs(w).reshape(-1, w.shape[-1]) if w.ndim > 1 else np.abs(w).reshape(-1, 1)
+  mean, std = a.mean(axis=0), a.std(axis=0)
+  cv = np.divide(std, mean, out=np.zeros_like(mean), where=mean > 0)
+  return float(cv.sum()), float(cv.size)
+
+
 def _counts(w: np.ndarray, t, near: float, prev: Optional[np.ndarray]) -> dict[str, float]:
   """Sums (not means) so layers can be pooled exactly into "overall"."""
   dist = np.abs(np.abs(w) - t)
+  cv_sum, channels = _channel_cv_sum(w)
   sq_err, sq_norm = _quant_sums(w)
   c = {"n": float(w.size), "mean_abs": float(np.abs(w).sum()), "mean_dist": float(dist.sum()),
        "near_frac": float((dist <= near).sum()), "tail_frac": float((np.abs(w) > t).sum()),
        "zero_frac": float((w == 0).sum()),
        "alpha_tail_frac": float((np.abs(w) > _target(w, MEAN_ABS)).sum()),
-       "sq_err": sq_err, "sq_norm": sq_norm}
+       "sq_err": sq_err, "sq_norm": sq_norm, "cv_sum": cv_sum, "channels": channels}
   if prev is not None:
     c["flip_ratio"] = float(((w >= 0) != (prev >= 0)).sum())
   return c
@@ -90,8 +103,10 @@ def _counts(w: np.ndarray, t, near: float, prev: Optional[np.ndarray]) -> dict[s
 
 def _means(c: dict[str, float]) -> dict[str, float]:
   n = c["n"]
-  out = {k: (v / n if n else 0.0) for k, v in c.items() if k not in ("n", "sq_err", "sq_norm")}
+  pooled = ("n", "sq_err", "sq_norm", "cv_sum", "channels")
+  out = {k: (v / n if n else 0.0) for k, v in c.items() if k not in pooled}
   out["quant_error"] = c["sq_err"] / c["sq_norm"] if c["sq_norm"] else 0.0
+  out["channel_cv"] = c["cv_sum"] / c["channels"] if c["channels"] else 0.0
   return out
 
 

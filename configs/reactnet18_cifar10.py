@@ -88,8 +88,8 @@ def w_regularizer(c) -> None:
   w.placement = "decoupled"
   w.target = "mean_abs"
   w.strength = 0.3
-  w.start_epochs = c.num_epochs / 2
-  w.ramp_epochs = c.num_epochs / 4
+  w.start_fraction = 0.5                   # of num_epochs, resolved when the optimizer is
+  w.ramp_fraction = 0.25                   # built (so --config.num_epochs=N moves them too)
 
 
 def method3(c, teacher: str) -> None:

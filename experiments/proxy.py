@@ -18,6 +18,13 @@ until that run has finished. Each process's output goes to ``--runs/NAME.log``:
 
   python experiments/proxy.py --data /tmp/cifar-10-binary.tar.gz --jobs 8 \
       --arms m2_fp m3_r18_ce m3_r18_both --seeds 0 1
+
+The 16-epoch proxy (docs/RESULTS.md, "16-epoch proxy") is the same protocol with the cosine
+over 16 epochs; ``--epochs 16`` trains in runs/proxy_16ep and collects in
+experiments/results_16ep (tables.py --results experiments/results_16ep):
+
+  python experiments/proxy.py --data ../shared/data/cifar-10-binary.tar.gz --epochs 16 \
+      --arms m3_r18_ce --seeds 0
 """
 
 from __future__ import annotations
@@ -58,6 +65,21 @@ ARMS = {
     **{f"m1_wreg_{lam}_late": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": lam})
        for lam in (0.1, 0.3, 1.0)},
     "m1_cosmom": ("reactnet18", {}, COSMOM),
+    # Method-1 mechanism controls (docs/RESULTS.md, "Mechanisms"), each changing one thing:
+    # Adam with the latent binary weights' learning rate x3 / x10 (a smaller latent scale
+    # is a larger step for Adam's scale-free updates) ...
+    **{f"m1_adam_blr{m}": ("reactnet18", {}, {"optim.binary_lr_multiplier": float(m)})
+       for m in (3, 10)},
+    # ... the cosine momentum without velocity (mu = 0), with t fixed per channel at its
+    # initial value, and at a third / three times the dose ...
+    "m1_cosmom_mu0": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.decay": 0.0}),
+    "m1_cosmom_fixed_t": ("reactnet18", {}, {**COSMOM,
+                                             "optim.cosine_momentum.target": "init_mean_abs"}),
+    **{f"m1_cosmom_k{k}": ("reactnet18", {}, {**COSMOM, "optim.cosine_momentum.strength": k})
+       for k in (0.3, 3.0)},
+    # ... and the tail cut outright: |w| clipped to t + D (t = mean|w|, D as COSMOM's).
+    "m1_project": ("reactnet18", {}, {"optim.tail_projection.enabled": True,
+                                      "optim.tail_projection.width": 0.05}),
     # Both transforms together (the W-regularizer at the CPU runs' best strength, late start).
     "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3, **COSMOM}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
@@ -81,6 +103,10 @@ ARMS = {
     "m2_mv_zp": ("resnet18_fda", {**FDA_OFF, "mean_variance": True, "zero_point": True}, {}),
     "m2_ge": ("resnet18_fda", {**FDA_OFF, "excitation": True}, {}),
     "m2_all": ("resnet18_fda", {}, {}),
+    # Component attribution: all but mean-variance, refinement alone, zero point alone.
+    "m2_no_mv": ("resnet18_fda", {"mean_variance": False}, {}),
+    "m2_refine": ("resnet18_fda", {**FDA_OFF, "refinement": True}, {}),
+    "m2_zp": ("resnet18_fda", {**FDA_OFF, "zero_point": True}, {}),
     # ReActNet-18 with all four (the thesis names it for the same 0.40-point gap); its BNN
     # baseline is m3_r18_ce, its full-precision reference m2_fp.
     "m2_reactnet_fda": ("reactnet18_fda", {}, {}),
@@ -100,6 +126,12 @@ ARMS = {
     "m3_vgg_kl": ("vgg_small_bnn", {}, {**TEACHER_VGG, **SEMANTIC, "distill.cosine_weight": 0.0}),
     "m3_vgg_detail_w1": ("vgg_small_bnn", {}, {**TEACHER_VGG, "distill.detail_weight": 1.0}),
 }
+
+
+def protocol_dir(base: str, epochs: int) -> str:
+  """``base`` for the 4-epoch proxy, ``base_16ep`` (etc.) for a longer one, so runs and
+  results of different lengths never mix (a 4-epoch workdir would resume as a 16-epoch run)."""
+  return base if epochs == 4 else f"{base}_{epochs}ep"
 
 
 def set_path(config, key: str, value) -> None:
@@ -218,13 +250,20 @@ def main(argv=None):
   parser.add_argument("--data", required=True, help="CIFAR-10 binary archive")
   parser.add_argument("--arms", nargs="+", required=True, choices=sorted(ARMS))
   parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-  parser.add_argument("--runs", default="runs/proxy", help="where the runs train")
-  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--epochs", type=int, default=4,
+                      help="4: the proxy; 16: the 16-epoch proxy (its own --runs and --results)")
+  parser.add_argument("--runs", default=None,
+                      help="where the runs train (default runs/proxy, runs/proxy_16ep, ...)")
   parser.add_argument("--set", nargs="*", default=[], help="extra overrides key=json_value")
-  parser.add_argument("--results", default=RESULTS, help="where finished runs are collected")
+  parser.add_argument("--results", default=None, help="where finished runs are collected "
+                      "(default experiments/results, or experiments/results_16ep for 16 epochs)")
   parser.add_argument("--jobs", type=int, default=1,
                       help="arms run at once, each in its own process (for an accelerator)")
   args = parser.parse_args(argv)
+  if args.epochs < 1:
+    parser.error(f"--epochs must be >= 1, got {args.epochs}.")
+  args.runs = args.runs or protocol_dir("runs/proxy", args.epochs)
+  args.results = args.results or protocol_dir(RESULTS, args.epochs)
   if args.jobs > 1:
     sys.exit(1 if run_parallel(args, ordered_jobs(args.arms, args.seeds)) else 0)
   from bnn_jax import xla_cpu

@@ -56,11 +56,15 @@ def test_method1_turns_on_the_best_proxy_settings():
   arm = {**proxy.ARMS["m1_cosmom"][2], **proxy.ARMS["m1_wreg_0.3_late"][2]}
   for key, value in arm.items():
     section, term, field = key.split(".")
-    got = c[section][term][field]
-    if field in ("start_epochs", "ramp_epochs"):
-      assert got == value / 4 * c.num_epochs, key
-    else:
-      assert got == value, key
+    if field not in ("start_epochs", "ramp_epochs"):
+      assert c[section][term][field] == value, key
+  # the late start, 2 + 1 of the proxy's 4 epochs, as fractions of whatever num_epochs is
+  arm_late = (arm["optim.w_reg.start_epochs"], arm["optim.w_reg.ramp_epochs"])
+  assert optim.schedule_epochs(c.optim.w_reg, c.num_epochs) == tuple(
+      e / 4 * c.num_epochs for e in arm_late)
+  with c.unlocked():
+    c.num_epochs = 40                                 # as --config.num_epochs=40
+  assert optim.schedule_epochs(c.optim.w_reg, c.num_epochs) == (20.0, 10.0)
   optim.build_optimizer(c, steps_per_epoch=10)  # builds with both on
   assert not load("reactnet18_cifar10.py", "method1").optim.w_reg.enabled
 

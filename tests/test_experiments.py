@@ -64,3 +64,14 @@ def test_parallel_run_without_its_teacher_says_which_arm_to_add(tmp_path):
     proxy.main(["--data", "cifar.tar.gz", "--arms", "m3_r18_both", "--seeds", "0", "--jobs", "2",
                 "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
   assert not (tmp_path / "runs").exists()
+
+
+def test_longer_protocol_trains_and_collects_apart():
+  assert proxy.protocol_dir("runs/proxy", 4) == "runs/proxy"
+  assert proxy.protocol_dir("runs/proxy", 16) == "runs/proxy_16ep"
+  assert proxy.protocol_dir(proxy.RESULTS, 16).endswith(os.path.join("experiments",
+                                                                      "results_16ep"))
+  c = proxy.proxy_config("cifar.tar.gz", "reactnet18", {}, 0, {}, epochs=16)
+  assert c.num_epochs == 16 and c.optim.schedule == "cosine"   # the cosine over all 16 epochs
+  with pytest.raises(SystemExit):
+    proxy.main(["--data", "x", "--arms", "m3_r18_ce", "--epochs", "0"])

@@ -513,3 +513,108 @@ def test_bad_placement_is_named():
   with pytest.raises(ValueError, match=r"optim.w_reg.placement 'after'; valid names: gradient, "
                                        r"decoupled"):
     optim.build_optimizer(_config(**{"w_reg.enabled": True, "w_reg.placement": "after"}), 10)
+
+
+# --- method-1 mechanism controls ---------------------------------------------------------------
+
+
+def test_cosine_momentum_fixed_initial_target_does_not_follow_the_weights():
+  w0 = jnp.array([[0.5, 1.0], [1.5, -3.0]])                 # t0 per channel = (1.0, 2.0)
+  tx = optim.variant_cosine_momentum(1.0, decay=0.0, width=1.0, target="init_mean_abs",
+                                     mask=None)
+  state = tx.init(w0)
+  np.testing.assert_array_equal(state.target, [[1.0, 2.0]])
+  w = w0 * 0.5                                               # mean|w| halves, t0 stays
+  u, state = tx.update(jnp.zeros_like(w), state, w)          # d = max(|w| - t0, 0) = 0 everywhere
+  np.testing.assert_array_equal(u, 0.0)
+  w = jnp.array([[0.5, 2.5], [1.5, -2.0]])                   # d = (0, 0.5 | 0.5, 0)
+  u, state = tx.update(jnp.zeros_like(w), state, w)
+  np.testing.assert_allclose(u, [[0.0, 0.5], [0.5, 0.0]], atol=1e-7)  # m(D/2) = 1/2, sign +
+  np.testing.assert_array_equal(state.target, [[1.0, 2.0]])
+  # the moving target would have pulled differently: t = mean|w| = (1.0, 2.25)
+  moving = optim.variant_cosine_momentum(1.0, decay=0.0, width=1.0, target="mean_abs", mask=None)
+  u_moving, _ = moving.update(jnp.zeros_like(w), moving.init(w), w)
+  assert not np.allclose(u_moving, u)
+  with pytest.raises(ValueError, match="init_mean_abs"):
+    optim.variant_cosine_momentum(1.0, target="init_abs")
+
+
+def test_fixed_target_state_survives_masking_jit_and_orbax(tmp_path):
+  params = _tree(jnp.array([[-2.0, 0.0], [0.7, 1.0], [1.2, -0.1]]))
+  tx = optax.chain(optim.variant_cosine_momentum(0.1, target="init_mean_abs"), optax.adam(1e-2))
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(2):
+    u, state = jax.jit(tx.update)(grads, state, params)
+    params = optax.apply_updates(params, u)
+  inner = state[0].inner_state                              # optax.masked's state
+  np.testing.assert_allclose(inner.target["block1"]["BinaryConv_0"]["binary_kernel"],
+                             [[(2.0 + 0.7 + 1.2) / 3, (0.0 + 1.0 + 0.1) / 3]], rtol=1e-6)
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(tmp_path / "opt", state)
+  ckpt.wait_until_finished()
+  restored = ckpt.restore(tmp_path / "opt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+  ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+
+
+def test_tail_projection_clips_to_t_plus_d_per_channel():
+  w = jnp.array([[0.1, -0.2], [0.5, 0.4], [-0.3, -0.6]])    # t = mean|w| = (0.3, 0.4)
+  u = jnp.array([[0.0, 0.0], [0.1, 0.1], [-0.05, 0.0]])
+  tx = optim.tail_projection(width=0.1, mask=None)
+  got, _ = tx.update(u, tx.init(w), w)
+  # w + u = [[.1, -.2], [.6, .5], [-.35, -.6]]; bounds .4 and .5 -> [.4, .5], [-.35, -.5]
+  np.testing.assert_allclose(w + got, [[0.1, -0.2], [0.4, 0.5], [-0.35, -0.5]], atol=1e-7)
+  with pytest.raises(ValueError, match="width must be >= 0"):
+    optim.tail_projection(width=-0.1)
+
+
+def test_build_optimizer_binary_lr_multiplier_and_projection():
+  params = _tree(jnp.array([[-2.0, 0.0], [0.7, 1.0], [1.2, -0.1]]))
+  grads = jax.tree.map(lambda x: jnp.linspace(-1.0, 2.0, x.size).reshape(x.shape), params)
+  plain = _one_update(_config(schedule="constant", lr=1e-2), params, grads)
+  x10 = _one_update(_config(schedule="constant", lr=1e-2, binary_lr_multiplier=10.0), params,
+                    grads)
+  key = ("block1", "BinaryConv_0", "binary_kernel")
+  np.testing.assert_allclose(x10[key[0]][key[1]][key[2]], 10 * plain[key[0]][key[1]][key[2]],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(x10["head"]["kernel"], plain["head"]["kernel"])
+  with pytest.raises(ValueError, match="binary_lr_multiplier must be > 0"):
+    _one_update(_config(binary_lr_multiplier=0.0), params)
+  # the projection comes last: after a x100 step every latent weight is inside t + D
+  c = _config(schedule="constant", lr=1.0, binary_lr_multiplier=100.0,
+              **{"tail_projection.enabled": True, "tail_projection.width": 0.05})
+  w = params[key[0]][key[1]][key[2]]
+  new = w + _one_update(c, params, grads)[key[0]][key[1]][key[2]]
+  assert np.all(np.abs(new) <= np.abs(w).mean(axis=0) + 0.05 + 1e-6)
+  for field in ("binary_lr_multiplier", "tail_projection.enabled"):
+    with pytest.raises(ValueError, match=f"bop.*optim.{field}"):
+      value = 3.0 if field == "binary_lr_multiplier" else True
+      optim.build_optimizer(_config(name="bop", **{field: value}), 10)
+
+
+def test_strength_schedule_as_fractions_of_the_run():
+  c = _config(**{"w_reg.start_fraction": 0.5, "w_reg.ramp_fraction": 0.25})  # num_epochs = 10
+  assert optim.schedule_epochs(c.optim.w_reg, c.num_epochs) == (5.0, 2.5)
+  assert optim.schedule_epochs(c.optim.w_reg, 4) == (2.0, 1.0)
+  for bad, match in (({"w_reg.start_epochs": 1.0}, "not both"),
+                     ({"w_reg.ramp_epochs": 0.0, "w_reg.start_fraction": 1.5}, r"in \[0, 1\]")):
+    c = _config(**{"w_reg.start_fraction": 0.5, **bad})
+    with pytest.raises(ValueError, match=match):
+      optim.schedule_epochs(c.optim.w_reg, 10)
+
+
+def test_logged_weight_target_follows_the_term_in_use():
+  def logged(**fields):
+    c = _config(**fields)
+    with c.unlocked():
+      c.weight_target = "auto"
+    return optim.logged_weight_target(c)
+  assert logged() == "mean_abs"                                   # Adam: the binarizer's alpha
+  assert logged(**{"w_reg.enabled": True, "w_reg.target": 0.5}) == 0.5
+  assert logged(**{"cosine_momentum.enabled": True,
+                   "cosine_momentum.target": "init_mean_abs"}) == "mean_abs"
+  c = _config()
+  with c.unlocked():
+    c.weight_target = 1.0
+  assert optim.logged_weight_target(c) == 1.0

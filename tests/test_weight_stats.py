@@ -87,7 +87,7 @@ def test_flatten_stats_keys():
   flat = flatten_stats(s, "weights")
   assert flat["weights/block1/BinaryConv_0/tail_frac"] == s["block1/BinaryConv_0"]["tail_frac"]
   assert flat["weights/overall/mean_dist"] == s["overall"]["mean_dist"]
-  assert len(flat) == 3 * 7
+  assert len(flat) == 3 * 8
   assert "overall/zero_frac" in flatten_stats(s, "")
 
 
@@ -116,3 +116,20 @@ def test_quantization_error_is_zero_at_plus_minus_alpha():
   assert quantization_error(w) == 0.0
   assert latent_weight_stats({"fc": {"binary_kernel": w}})["fc"]["quant_error"] == 0.0
   assert quantization_error(np.zeros((2, 2))) == 0.0
+
+
+def test_channel_cv_by_hand_is_the_spread_of_w_over_t_for_any_channel_t():
+  # channels (last axis): |w| = (1, 3) -> mean 2, std 1, CV 0.5; (2, 2) -> CV 0; (0, 0) -> 0
+  w = np.array([[1.0, -2.0, 0.0], [-3.0, 2.0, 0.0]])
+  s = latent_weight_stats({"fc": {"binary_kernel": w}})["fc"]
+  assert s["channel_cv"] == pytest.approx(0.5 / 3)
+  # the same spread whatever t per channel: scaling a channel's |w| leaves its CV
+  scaled = w * np.array([7.0, 0.1, 1.0])
+  assert latent_weight_stats({"fc": {"binary_kernel": scaled}})["fc"]["channel_cv"] == \
+      pytest.approx(0.5 / 3)
+  # "overall" averages over all channels of all layers: (0.5 + 0 + 0) + A's 4 channels
+  a = np.array(A).reshape(2, 4)
+  cv_a = np.abs(a).std(axis=0) / np.abs(a).mean(axis=0)
+  both = latent_weight_stats({"fc": {"binary_kernel": w}, "c": {"binary_kernel": a}})
+  assert both["c"]["channel_cv"] == pytest.approx(cv_a.mean())
+  assert both["overall"]["channel_cv"] == pytest.approx((0.5 + cv_a.sum()) / 7)
