@@ -28,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "reactnet18"          # bnn_jax.models.MODELS
   c.model.width = 1.0                  # channel multiplier
   c.model.num_classes = -1             # -1: from the dataset (written resolved to config.json)
-  c.model.dtype = "float32"            # "bfloat16" computes convs in bf16 (params stay float32)
+  c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (activations, BN, convs;
+                                       # params, BN statistics, loss, optimizer stay float32)
   c.model.sync_batch_norm = True       # BN statistics over the global batch (same result on any device count)
   # The model's own options (bnn_jax.models.MODELS[name].options), e.g. binarize_weights
   # (False: ReActNet step 1) or the method-2 components; set_model() fills in all of them so
@@ -131,6 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not (isinstance(width, (int, float)) and math.isfinite(width) and round(64 * width) >= 1):
     raise ValueError(f"--config.model.width={width} leaves the narrowest stage (64 channels at "
                      f"width 1) without a channel; use a width of at least 1/128 (e.g. 0.125).")
+  models.compute_dtype(config.model.dtype)  # an unknown dtype names the valid ones
   if config.nan_policy not in ("stop", "skip"):
     raise ValueError(f"--config.nan_policy={config.nan_policy!r}; valid: stop, skip.")
   if config.teacher.checkpoint not in ("best", "latest"):

@@ -931,10 +931,11 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
     normalization: ``(mean, std)`` per channel in [0, 1] units; default the dataset's
       (``dataset``, from the config, else cifar10 / cifar100 by num_classes).
     step: the checkpoint step of a run (default: latest).
-    dtype: the model's compute dtype (default: the run's ``model.dtype``, else the module's,
-      else float32). With "bfloat16" the real convs (stem, shortcuts) round their input and
-      kernel to bfloat16 as the model does, so the packed model equals the bfloat16 model;
-      the binary convs are exact either way (docs/DEPLOY.md, "bfloat16 models").
+    dtype: "float32" (default, whatever dtype the run trained in: the packed model is the
+      float32 evaluation of the weights) or "bfloat16": the real convs (stem, shortcuts)
+      round their input and kernel to bfloat16; the binary convs are exact either way. A
+      run trained in bfloat16 computes every activation in bfloat16, which the packed
+      runtime does not reproduce (docs/DEPLOY.md, "bfloat16 models").
     options: the model's options (``models.MODELS[name].options``, e.g.
       ``dynamic_threshold=True``); a run's config.json supplies its own.
 
@@ -971,8 +972,7 @@ def pack(checkpoint_or_variables: Any, *, model: Any = None,
         f"classes, options)? Pass model=, width=, num_classes= to match the checkpoint."
     ) from None
   refuse_full_precision(calls)
-  dtype = _check_dtype(dtype or (src.model_config or {}).get("dtype")
-                       or np.dtype(getattr(src.flax_model, "dtype", np.float32)).name)
+  dtype = _check_dtype(dtype or "float32")
   b = _Builder(variables["params"], variables.get("batch_stats", {}), calls,
                conv_operands=dtype)
   x = b.op("normalize", "input", mean=b.array("input/mean", src.normalization[0]),

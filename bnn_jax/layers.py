@@ -57,10 +57,11 @@ class BinaryConv(nn.Module):
   With ``standardize_weights`` the latent w is first put through scaled weight
   standardization times a learnable per-channel gain (BN-free networks).
 
-  With ``dtype=bfloat16`` computed as alpha * conv(., sign(w)) with float32 accumulation and
-  output: the conv sums exact +-1 products, so the bfloat16 model's binary convs give the
-  float32 model's values, and alpha (and gain) is applied once, after, in float32, as in the
-  packed model. In float32, alpha stays folded into the kernel (the same function; the
+  With ``dtype=bfloat16`` computed as alpha * conv(., sign(w)): the conv's operands are exact
+  +-1 in bfloat16 and its sums come out in bfloat16 (the backend accumulates in float32, so
+  the integer sum is rounded once), alpha (and gain) multiplies them in float32, as in the
+  packed model, and the product is rounded to bfloat16, the network's compute dtype. All
+  operands stay bfloat16 in the backward pass too (docs/METHODS.md, "Numerics"). In float32, alpha stays folded into the kernel (the same function; the
   multiply on the conv output instead cost 17% of a CPU train step: 88 vs 105 img/s,
   ReActNet-18 width 0.25, batch 128, a one-off timing of the jitted step).
   """
@@ -94,12 +95,11 @@ class BinaryConv(nn.Module):
     x = pad_input(x, (kh, kw), self.padding, self.pad_value)
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), w.astype(self.dtype), window_strides=_pair(self.strides),
-        padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        preferred_element_type=jnp.float32)
+        padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y * scale
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-    return y
+    return y.astype(self.dtype)
 
 
 def _fold_if_float32(w: jax.Array, scale: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
@@ -152,11 +152,10 @@ class BinaryDense(nn.Module):
     quantize = quantizers.get(self.input_quantizer)
     if quantize is not None:
       x = quantize(x)
-    y = jnp.matmul(x.astype(self.dtype), w.astype(self.dtype),
-                   preferred_element_type=jnp.float32) * scale
+    y = jnp.matmul(x.astype(self.dtype), w.astype(self.dtype)) * scale
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-    return y
+    return y.astype(self.dtype)
 
 
 class LearnableBias(nn.Module):
@@ -236,7 +235,7 @@ class ScaledStdConv(nn.Module):
     pad = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * 2
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), w.astype(self.dtype), _pair(self.strides), pad,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y

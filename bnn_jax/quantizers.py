@@ -32,7 +32,8 @@ Array = jax.Array
 
 def sign(x: Array) -> Array:
   """sign(x) in {-1, +1} with sign(0) = +1. No gradient (zero almost everywhere)."""
-  return jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
+  one = jnp.ones((), x.dtype)            # +-1 made in x's dtype (no float32 detour)
+  return jnp.where(x >= 0, one, -one)
 
 
 # --- identity STE -------------------------------------------------------------

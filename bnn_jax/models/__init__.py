@@ -145,11 +145,26 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict:
   return {**spec.options, **options}
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """The network's compute dtype (docs/METHODS.md, "Numerics"): float32 or bfloat16."""
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError:
+    name = str(dtype)
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"Unknown model dtype {dtype!r}; valid: {', '.join(COMPUTE_DTYPES)} "
+                     f"(--config.model.dtype).")
+  return jnp.dtype(name)
+
+
 def get_model(name: str, *, num_classes: int = 10, width: float = 1.0, dtype: Any = jnp.float32,
               bn_axis_name: Optional[str] = None, **options) -> nn.Module:
   """Builds a registered model: common arguments plus the model's own options."""
   options = check_options(name, options)
-  common = {"num_classes": int(num_classes), "width": float(width), "dtype": jnp.dtype(dtype),
+  common = {"num_classes": int(num_classes), "width": float(width), "dtype": compute_dtype(dtype),
             "bn_axis_name": bn_axis_name}
   return _spec(name).build(common, **options)
 

@@ -35,8 +35,13 @@ def scaled(channels: int, width: float) -> int:
   return max(1, int(round(channels * width)))
 
 
-def batch_norm(train: bool, name: str | None = None, axis_name: str | None = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str | None = None, axis_name: str | None = None,
+               dtype: Any = jnp.float32) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5).
+
+  ``dtype`` is the compute dtype of the normalization (its output); the batch statistics
+  are reduced in float32 and the scale, bias and running statistics are float32
+  (``param_dtype``), whatever the compute dtype (docs/METHODS.md, "Numerics").
 
   With ``axis_name`` (inside pmap) the batch statistics are averaged over the
   devices (synchronized BN): N devices then compute what one device would on
@@ -44,7 +49,8 @@ def batch_norm(train: bool, name: str | None = None, axis_name: str | None = Non
   the running statistics before evaluating and saving.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name,
-                      axis_name=axis_name if train else None)
+                      axis_name=axis_name if train else None, dtype=dtype,
+                      param_dtype=jnp.float32)
 
 
 def hardtanh(x: jax.Array) -> jax.Array:
@@ -59,14 +65,12 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=(1, 2))
 
 
-# Real convs: operands in the model's dtype, float32 accumulation and output (with
-# dtype=bfloat16 only the conv operands are rounded; BN and everything after stay float32).
-_conv_float32_out = functools.partial(jax.lax.conv_general_dilated,
-                                      preferred_element_type=jnp.float32)
+# Real convs: operands and output in the model's dtype (Flax's convention: nn.Conv casts both
+# operands to ``dtype``; the backend accumulates in float32), float32 parameters.
 conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
-                            conv_general_dilated=_conv_float32_out)
+                            param_dtype=jnp.float32)
 conv1x1 = functools.partial(nn.Conv, kernel_size=(1, 1), padding="VALID", use_bias=False,
-                            conv_general_dilated=_conv_float32_out)
+                            param_dtype=jnp.float32)
 
 
 def signed_conv(x: jax.Array, features: int, strides: int, *, presign: ModuleDef,
@@ -112,9 +116,10 @@ def run_stages(module: nn.Module, x: jax.Array, train: bool, stage_channels: Seq
 
 def classifier_head(module: nn.Module, x: jax.Array, num_classes: int, pool: bool = True
                     ) -> jax.Array:
-  """Global average pool (or flatten) -> Dense(num_classes), in float32.
+  """Global average pool (or flatten) in the network's compute dtype -> Dense(num_classes)
+  in float32: the pooled vector is cast to float32, so the logits (and the loss) are float32.
 
-  The pooled/flattened vector is sown as ``intermediates/penultimate``.
+  The pooled/flattened vector is sown as ``intermediates/penultimate`` (float32).
   """
   x = global_avg_pool(x) if pool else x.reshape((x.shape[0], -1))
   x = x.astype(jnp.float32)

@@ -49,14 +49,14 @@ class ReActBlock(nn.Module):
                     excitation=self.excitation, binarize_weights=self.binarize_weights,
                     dtype=self.dtype, conv_name="binary_conv", sign_name="rsign",
                     excitation_name="excitation")
-    y = batch_norm(train, "bn", self.bn_axis_name)(y)
+    y = batch_norm(train, "bn", self.bn_axis_name, self.dtype)(y)
     if self.refine is not None:
       y = self.refine(name="refine")(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = avg_pool2(x) if self.strides != 1 else x
       shortcut = conv1x1(self.features, dtype=self.dtype, name="shortcut_conv")(shortcut)
-      shortcut = batch_norm(train, "shortcut_bn", self.bn_axis_name)(shortcut)
+      shortcut = batch_norm(train, "shortcut_bn", self.bn_axis_name, self.dtype)(shortcut)
     return sow_output(self, layers.RPReLU(name="rprelu")(y + shortcut))
 
 
@@ -109,7 +109,7 @@ class ReActNet18(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = conv3x3(scaled(STAGES[0], self.width), dtype=self.dtype, name="stem_conv")(x)
-    x = batch_norm(train, "stem_bn", self.bn_axis_name)(x)
+    x = batch_norm(train, "stem_bn", self.bn_axis_name, self.dtype)(x)
     block = lambda features, strides, name: self.block_cls(
         features, strides, presign=self.presign, excitation=self.excitation, refine=self.refine,
         binarize_weights=self.binarize_weights, dtype=self.dtype,

@@ -33,7 +33,7 @@ def _shortcut(x, features: int, strides: int, train: bool, dtype, bn_axis_name):
   if strides == 1 and x.shape[-1] == features:
     return x
   x = conv1x1(features, strides=strides, dtype=dtype, name="shortcut_conv")(x)
-  return batch_norm(train, "shortcut_bn", bn_axis_name)(x)
+  return batch_norm(train, "shortcut_bn", bn_axis_name, dtype)(x)
 
 
 class BasicBlockFP(nn.Module):
@@ -46,9 +46,9 @@ class BasicBlockFP(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     y = conv3x3(self.features, strides=self.strides, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(batch_norm(train, "bn1", self.bn_axis_name)(y))
+    y = nn.relu(batch_norm(train, "bn1", self.bn_axis_name, self.dtype)(y))
     y = conv3x3(self.features, dtype=self.dtype, name="conv2")(y)
-    y = batch_norm(train, "bn2", self.bn_axis_name)(y)
+    y = batch_norm(train, "bn2", self.bn_axis_name, self.dtype)(y)
     shortcut = _shortcut(x, self.features, self.strides, train, self.dtype, self.bn_axis_name)
     return sow_output(self, nn.relu(y + shortcut))
 
@@ -69,7 +69,7 @@ class BasicBlockBNN(nn.Module):
                     binarize_weights=self.binarize_weights, dtype=self.dtype,
                     conv_name=f"binary_conv{i}", sign_name=f"sign{i}",
                     excitation_name=f"excitation{i}")
-    y = batch_norm(train, f"bn{i}", self.bn_axis_name)(y)
+    y = batch_norm(train, f"bn{i}", self.bn_axis_name, self.dtype)(y)
     return self.refine(name=f"refine{i}")(y) if self.refine is not None else y
 
   @nn.compact
@@ -97,7 +97,7 @@ class ResNet18(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = conv3x3(scaled(STAGES[0], self.width), dtype=self.dtype, name="stem_conv")(x)
-    x = self.stem_activation(batch_norm(train, "stem_bn", self.bn_axis_name)(x))
+    x = self.stem_activation(batch_norm(train, "stem_bn", self.bn_axis_name, self.dtype)(x))
     extra = dict(self.block_kwargs or {})
     block = lambda features, strides, name: self.block_cls(
         features, strides, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name, **extra)

@@ -47,7 +47,7 @@ class VGGLayer(nn.Module):
       x = conv3x3(self.features, dtype=self.dtype, name="conv")(x)
     if self.pool:
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = batch_norm(train, "bn", self.bn_axis_name)(x)
+    x = batch_norm(train, "bn", self.bn_axis_name, self.dtype)(x)
     if self.binary and self.refine is not None:
       x = self.refine(name="refine")(x)
     return sow_output(self, self.activation(x))
