@@ -100,45 +100,64 @@ def jax_step_alone(config, ds, steps: int) -> float:
 
 class TorchLoop:
   """A plain PyTorch training loop over the same uint8 images; ``epoch()`` trains one epoch
-  and returns its seconds."""
+  and returns its seconds.
 
-  def __init__(self, args, ds):
+  On ``device`` (the uint8 images live there and are cropped there, as the trainer keeps its
+  data on its device); ``dtype="bfloat16"`` runs forward and loss under
+  ``torch.autocast``; ``compile`` wraps the model in ``torch.compile``; ``channels_last``
+  stores the model and every batch channels-last (the layout cuDNN prefers for bf16).
+  """
+
+  def __init__(self, args, ds, device: str = "cpu", dtype: str = "float32",
+               compile: bool = False, channels_last: bool = False):
     torch.manual_seed(0)
     self.batch = args.batch
-    self.model = torch_reactnet.ReActNet18(ds.num_classes, args.width)
+    self.device = torch.device(device)
+    self.autocast = dtype == "bfloat16"
+    self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    self.model = torch_reactnet.ReActNet18(ds.num_classes, args.width).to(
+        self.device, memory_format=self.memory_format)
+    self.forward = torch.compile(self.model) if compile else self.model
     self.steps = len(ds.train_labels) // args.batch
     self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-3)
     self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt,
                                                             T_max=self.steps * args.epochs)
-    self.images = torch.from_numpy(ds.train_images).permute(0, 3, 1, 2).contiguous()  # uint8
-    self.labels = torch.from_numpy(ds.train_labels.astype(np.int64))
-    self.mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
-    self.std = torch.tensor(ds.std).view(1, 3, 1, 1)
+    to = lambda a: torch.from_numpy(a).to(self.device)
+    self.images = to(ds.train_images).permute(0, 3, 1, 2).contiguous()  # uint8, NCHW
+    self.labels = to(ds.train_labels.astype(np.int64))
+    self.mean = torch.tensor(ds.mean, device=self.device).view(1, 3, 1, 1)
+    self.std = torch.tensor(ds.std, device=self.device).view(1, 3, 1, 1)
     self.model.train()
 
   def batch_at(self, idx):
     """Pad 4, random crop and flip per image, normalize: [B, 3, 32, 32] float."""
-    rows = torch.arange(32).view(1, 32)
+    dev, n = self.device, len(idx)
+    rows = torch.arange(32, device=dev).view(1, 32)
     x = F.pad(self.images[idx], (4, 4, 4, 4))                     # [B, 3, 40, 40] uint8
-    dy, dx = torch.randint(0, 9, (2, len(idx)))
+    dy, dx = torch.randint(0, 9, (2, n), device=dev)
     ys = (dy.view(-1, 1) + rows).view(-1, 1, 32, 1)              # per-image crop rows
     xs = (dx.view(-1, 1) + rows)
-    flip = torch.rand(len(idx)) < 0.5
+    flip = torch.rand(n, device=dev) < 0.5
     xs = torch.where(flip.view(-1, 1), xs.flip(1), xs).view(-1, 1, 1, 32)
-    b = torch.arange(len(idx)).view(-1, 1, 1, 1)
-    x = x[b, torch.arange(3).view(1, 3, 1, 1), ys, xs]
-    return (x.float() / 255.0 - self.mean) / self.std
+    b = torch.arange(n, device=dev).view(-1, 1, 1, 1)
+    x = x[b, torch.arange(3, device=dev).view(1, 3, 1, 1), ys, xs]
+    x = (x.float() / 255.0 - self.mean) / self.std
+    return x.contiguous(memory_format=self.memory_format)
 
   def epoch(self) -> float:
     t0 = time.perf_counter()
-    order = torch.randperm(len(self.labels))
+    order = torch.randperm(len(self.labels), device=self.device)
     for i in range(self.steps):
       idx = order[i * self.batch:(i + 1) * self.batch]
       x = self.batch_at(idx)
       self.opt.zero_grad(set_to_none=True)
-      F.cross_entropy(self.model(x), self.labels[idx]).backward()
+      with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        loss = F.cross_entropy(self.forward(x), self.labels[idx])
+      loss.backward()
       self.opt.step()
       self.sched.step()
+    if self.device.type == "cuda":
+      torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 

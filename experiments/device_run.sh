@@ -8,6 +8,13 @@
 #                                             # (teacher and student), the train-step benchmark
 #   JOBS=10 ABLATION_S=400 bash experiments/device_run.sh ablation
 #                                             # the proxy ablation, then full-recipe epoch times
+#   bash experiments/device_run.sh bench      # the GPU-speed table (<= 5 min): trainer epochs
+#                                             # f32/bf16 x batch 256/512 against the PyTorch
+#                                             # twin (eager, compiled; fp32, bf16 autocast)
+#   bash experiments/device_run.sh profile    # one train step's profile, float32 and bfloat16
+#   bash experiments/device_run.sh concurrency  # 1, 2, 4 full runs sharing the GPU
+#   QUEUE_S=540 bash experiments/device_run.sh queue  # the full-scale queue (timeout_s >=
+#                                             # QUEUE_S + 60); see docs/RESULTS.md "Full scale"
 #   SEGMENT_S=540 bash experiments/device_run.sh full configs/reactnet18_cifar10.py:method1 r18_m1
 #                                             # one segment of a full-scale run: stops (SIGTERM,
 #                                             # saved mid-epoch) after SEGMENT_S seconds; the
@@ -19,15 +26,23 @@
 #
 # The ablation mode needs the CIFAR-10 archive's parts in .device-data/ (c10.part-*); results
 # (metrics.jsonl + config.json of every finished run) come back as $OUT/results_gpu.tgz.
+#
+# TINY=1 tries bench, profile, concurrency and queue on the CPU at small sizes (no .whl/ needed,
+# DATA= the archive): TINY=1 DATA=../shared/data/cifar-10-binary.tar.gz bash ... bench
 set -uo pipefail
-mode=${1:?usage: device_run.sh smoke|ablation|full CONFIG NAME}
+mode=${1:?usage: device_run.sh smoke|ablation|bench|profile|concurrency|queue|full CONFIG NAME}
 PY=${PY:-python3}  # the device image's Python (it has JAX's CUDA build and PyTorch)
 out=${OUT:-/tmp/device_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-nvidia-smi -L
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+fi
+command -v nvidia-smi > /dev/null && nvidia-smi -L
+tiny=${TINY:+--tiny}
+data=${DATA:-/tmp/c10.tar.gz}
+need_data() { [ -f "$data" ] || cat .device-data/c10.part-* > "$data" || exit 1; }
 $PY -c "import jax, flax, optax, orbax.checkpoint, chex, torch; print('jax', jax.__version__,
 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
 
@@ -42,7 +57,7 @@ smoke)
     | tee "$out/bench_train_step_gpu.txt"
   ;;
 ablation)
-  cat .device-data/c10.part-* > /tmp/c10.tar.gz && ls -la /tmp/c10.tar.gz || exit 1
+  need_data; ls -la "$data"
   timeout -s TERM "${ABLATION_S:-400}" $PY experiments/proxy.py --data /tmp/c10.tar.gz \
     --runs /tmp/runs --results /tmp/results_gpu --jobs "${JOBS:-8}" --seeds 0 1 --arms \
     m2_fp m3_teacher_vgg_fp m3_r18_ce m3_r18_both m3_r18_semantic m3_r18_detail m3_vgg_ce \
@@ -61,10 +76,35 @@ ablation)
     cp "/tmp/full_$dtype/metrics.jsonl" "$out/full_recipe_${dtype}.jsonl"
   done
   ;;
+bench)
+  need_data
+  # each row is written as it finishes: a time-out keeps the rows before it
+  timeout "${BENCH_S:-290}" $PY benchmarks/bench_recipe.py --data "$data" --out "$out" $tiny \
+    --dtypes "${DTYPES:-float32,bfloat16}" --batches "${BATCHES:-256,512}" \
+    --epochs "${EPOCHS:-2}" ${TORCH:+--torch "$TORCH"} 2>&1 | tail -n 40 | tee "$out/bench.log"
+  ;;
+profile)
+  need_data
+  for dtype in float32 bfloat16; do
+    timeout 200 $PY benchmarks/profile_step.py --data "$data" --out "$out/profile_$dtype" $tiny \
+      --set model.dtype=$dtype --peak-gbps "${PEAK_GBPS:-3350}" --no-keep-trace 2>&1 \
+      | tail -n 30
+  done
+  ;;
+concurrency)
+  need_data
+  timeout "${CONC_S:-400}" $PY benchmarks/bench_concurrency.py --data "$data" --out "$out" \
+    $tiny --procs "${PROCS:-1,2,4}" --epochs "${EPOCHS:-3}" 2>&1 | tail -n 20
+  ;;
+queue)
+  need_data
+  $PY experiments/full_scale.py --data "$data" --runs /tmp/full_runs $tiny \
+    --seconds "${QUEUE_S:-540}" --out "$out" --tar --jobs "${JOBS:-1}" ${SPLIT:+--allow-split} \
+    2>&1 | tee "$out/queue.log"
+  ;;
 full)
   cfg=${2:?config, e.g. configs/reactnet18_cifar10.py:method1}; name=${3:?run name}
-  mkdir -p /tmp/full
-  [ -f /tmp/c10.tar.gz ] || cat .device-data/c10.part-* > /tmp/c10.tar.gz || exit 1
+  mkdir -p /tmp/full; need_data
   timeout -s TERM "${SEGMENT_S:-540}" $PY train.py --config "$cfg" --workdir "/tmp/full/$name" \
     --config.data.path=/tmp/c10.tar.gz --config.progress_bar=False >> "/tmp/full/$name.log" 2>&1
   echo "train.py exit $? (124: stopped after SEGMENT_S and saved; rerun to resume)"

@@ -1,6 +1,7 @@
 """Builds the ablation tables of docs/RESULTS.md from experiments/results/<arm>_s<seed>/.
 
-  python experiments/tables.py method2      # or method1, method3
+  python experiments/tables.py method2      # or method1, method3, mechanisms, method2_parts
+  python experiments/tables.py epochs16 --results experiments/results_16ep
 
 Each row: the arm, its seeds, test top-1 after every epoch (mean over seeds), the final test
 top-1 (mean, and the range over seeds), and the ablation's own columns (method 2: gap to
@@ -30,7 +31,20 @@ ABLATIONS = {
     "method3": ["m2_fp", "m3_r18_ce", "m3_r18_semantic", "m3_r18_detail", "m3_r18_both",
                 "m3_teacher_vgg_fp", "m3_vgg_ce", "m3_vgg_both", "m3_vgg_both_nocos",
                 "m3_vgg_detail", "m3_vgg_kl", "m3_vgg_detail_w1"],
+    # what carries method 1's gain (docs/RESULTS.md, "Mechanisms")
+    "mechanisms": ["m3_r18_ce", "m1_adam_blr3", "m1_adam_blr10", "m1_cosmom", "m1_cosmom_mu0",
+                   "m1_cosmom_fixed_t", "m1_project", "m1_cosmom_k0.3", "m1_cosmom_k3.0"],
+    # what carries method 2's gain
+    "method2_parts": ["m2_fp", "m2_bnn", "m2_mv", "m2_zp", "m2_mv_zp", "m2_ge", "m2_refine",
+                      "m2_no_mv", "m2_all"],
+    # the 16-epoch proxy (python experiments/tables.py epochs16 --results
+    # experiments/results_16ep)
+    "epochs16": ["m3_r18_ce", "m1_cosmom", "m2_fp", "m3_r18_both", "m2_reactnet_fda"],
 }
+# A column against another arm's mean final top-1: (arm, header, sign of this - that).
+GAP = {"method2": ("m2_fp", "gap to FP (points)", -1),
+       "method2_parts": ("m2_fp", "gap to FP (points)", -1),
+       "epochs16": ("m3_r18_ce", "vs Adam (points)", +1)}
 EXTRA = {
     "method1": [("e_q", "weights/overall/quant_error", "{:.3f}"),
                 ("flip ratio", "weights/overall/flip_ratio", "{:.4f}"),
@@ -40,6 +54,17 @@ EXTRA = {
             ("flip ratio", "weights/overall/flip_ratio", "{:.4f}")],
     "method3": [("train CE", "train/ce", "{:.3f}"), ("KL", "train/kl", "{:.3f}"),
                 ("1 - cos", "train/cosine", "{:.3f}"), ("detail", "train/detail", "{:.3f}")],
+    # a fourth field picks an epoch (1-based) instead of the last
+    "mechanisms": [("mean abs w, ep 1", "weights/overall/mean_abs", "{:.4f}", 1),
+                   ("mean abs w", "weights/overall/mean_abs", "{:.4f}"),
+                   ("CV of abs w", "weights/overall/channel_cv", "{:.3f}"),
+                   ("flips ep 2", "weights/overall/flip_ratio", "{:.3f}", 2),
+                   ("flips ep 4", "weights/overall/flip_ratio", "{:.4f}"),
+                   ("e_q", "weights/overall/quant_error", "{:.3f}")],
+    "method2_parts": [("entropy (bits)", "balance/overall/entropy", "{:.3f}")],
+    "epochs16": [("top-1 ep 4", "test/accuracy", "{:.2%}", 4),
+                 ("top-1 ep 8", "test/accuracy", "{:.2%}", 8),
+                 ("top-1 ep 12", "test/accuracy", "{:.2%}", 12)],
 }
 
 
@@ -66,12 +91,12 @@ def runs_of(arm: str, results: str = RESULTS) -> list[tuple[int, list[dict]]]:
   return out
 
 
-def row(arm: str, ablation: str, fp_acc: float | None, results: str = RESULTS) -> str:
+def row(arm: str, ablation: str, ref_acc: float | None, results: str = RESULTS) -> str:
   seeds_and_runs = runs_of(arm, results)
   runs = [r for _, r in seeds_and_runs]
   extra = EXTRA[ablation]
   if not runs:
-    return f"| {arm} | (not run yet) |" + " |" * (3 + len(extra) + (ablation == "method2"))
+    return f"| {arm} | (not run yet) |" + " |" * (3 + len(extra) + (ablation in GAP))
   epochs = min(len(r) for r in runs)
   per_epoch = [statistics.mean(100 * r[e]["test/accuracy"] for r in runs) for e in range(epochs)]
   final = [100 * r[-1]["test/accuracy"] for r in runs]
@@ -79,24 +104,27 @@ def row(arm: str, ablation: str, fp_acc: float | None, results: str = RESULTS) -
   cells = [arm, ", ".join(str(seed) for seed, _ in seeds_and_runs),
            " / ".join(f"{a:.2f}" for a in per_epoch),
            f"**{mean:.2f}**" + (f" ({min(final):.2f}-{max(final):.2f})" if len(runs) > 1 else "")]
-  if ablation == "method2":
-    cells.append(f"{fp_acc - mean:+.2f}" if fp_acc is not None else "")
-  for _, key, fmt in extra:
-    values = [r[-1][key] for r in runs if key in r[-1]]
+  if ablation in GAP:
+    sign = GAP[ablation][2]
+    cells.append(f"{sign * (mean - ref_acc):+.2f}" if ref_acc is not None else "")
+  for _, key, fmt, *epoch in extra:
+    records = [r[epoch[0] - 1] if epoch else r[-1] for r in runs if len(r) >= (epoch or [0])[0]]
+    values = [rec[key] for rec in records if key in rec]
     cells.append(fmt.format(statistics.mean(values)) if values else "-")
   return "| " + " | ".join(cells) + " |"
 
 
 def table(ablation: str, results: str = RESULTS) -> str:
   head = ["arm", "seeds", "test top-1 % per epoch (mean)", "final test top-1 % (range)"]
-  fp_acc = None
-  if ablation == "method2":
-    head.append("gap to FP (points)")
-    fp = runs_of("m2_fp", results)
-    fp_acc = statistics.mean(100 * r[-1]["test/accuracy"] for _, r in fp) if fp else None
-  head += [name for name, _, _ in EXTRA[ablation]]
+  ref_acc = None
+  if ablation in GAP:
+    ref_arm, header, _ = GAP[ablation]
+    head.append(header)
+    ref = runs_of(ref_arm, results)
+    ref_acc = statistics.mean(100 * r[-1]["test/accuracy"] for _, r in ref) if ref else None
+  head += [name for name, *_ in EXTRA[ablation]]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  lines += [row(arm, ablation, fp_acc, results) for arm in ABLATIONS[ablation]]
+  lines += [row(arm, ablation, ref_acc, results) for arm in ABLATIONS[ablation]]
   return "\n".join(lines)
 
 

@@ -75,3 +75,20 @@ def test_longer_protocol_trains_and_collects_apart():
   assert c.num_epochs == 16 and c.optim.schedule == "cosine"   # the cosine over all 16 epochs
   with pytest.raises(SystemExit):
     proxy.main(["--data", "x", "--arms", "m3_r18_ce", "--epochs", "0"])
+
+
+def test_epoch_columns_and_gap_to_adam(tmp_path):
+  """The 16-epoch table: top-1 after a given epoch, and the final gap to Adam's mean."""
+  _write(tmp_path, "m3_r18_ce_s0", [0.1 * e for e in range(1, 17)][:16])
+  accs = [0.1 * e + 0.02 for e in range(1, 17)]
+  _write(tmp_path, "m1_cosmom_s0", accs)
+  line = next(l for l in tables.table("epochs16", str(tmp_path)).splitlines()
+              if l.startswith("| m1_cosmom "))
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert cells[3] == "**162.00**" and cells[4] == "+2.00"          # 16 x 10 + 2; vs Adam 160
+  assert cells[5:] == [f"{accs[3]:.2%}", f"{accs[7]:.2%}", f"{accs[11]:.2%}"]
+  # a run shorter than the column's epoch shows "-"
+  _write(tmp_path, "m2_fp_s0", [0.5, 0.6])
+  fp = next(l for l in tables.table("epochs16", str(tmp_path)).splitlines()
+            if l.startswith("| m2_fp "))
+  assert fp.rstrip(" |").endswith("| - | - | -")
