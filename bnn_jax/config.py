@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 256
   c.label_smoothing = 0.0
   c.eval_every_epochs = 1
+  c.weight_stats_every_epochs = 1      # latent-weight statistics (host, ~1-3 s at width 1)
   c.nan_policy = "stop"                # a NaN/inf loss or gradient: stop (no bad checkpoint) | skip the step
   c.init_from = ""                     # workdir whose latest params/batch_stats start this run (two-step)
   # t in the logged weight statistics (|w| vs +-t): a float, "mean_abs", or "auto" = the t of
@@ -70,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3                # last N checkpoints
   c.checkpoint.keep_best = 1           # plus the best N by test accuracy
+  c.checkpoint.every_epochs = 1        # save after every Nth epoch and the last (a stop signal
+                                       # saves at once whatever N is)
   c.progress_bar = True
   c.log_every_steps = 50               # TensorBoard train scalars
   return c
@@ -133,6 +136,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.model.width={width} leaves the narrowest stage (64 channels at "
                      f"width 1) without a channel; use a width of at least 1/128 (e.g. 0.125).")
   models.compute_dtype(config.model.dtype)  # an unknown dtype names the valid ones
+  for key in ("eval_every_epochs", "weight_stats_every_epochs", "checkpoint.every_epochs"):
+    section, _, leaf = key.rpartition(".")
+    value = (config[section] if section else config)[leaf]
+    if not (isinstance(value, int) and value >= 1):
+      raise ValueError(f"--config.{key}={value!r} must be a whole number >= 1.")
   if config.nan_policy not in ("stop", "skip"):
     raise ValueError(f"--config.nan_policy={config.nan_policy!r}; valid: stop, skip.")
   if config.teacher.checkpoint not in ("best", "latest"):

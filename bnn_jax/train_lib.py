@@ -524,7 +524,9 @@ def _train_epochs(run: Run, on_epoch_end: Optional[Callable[[dict], None]] = Non
   n_dev = len(run.devices)
   state, record = run.state, {}
   base_rng = jax.random.key(config.seed + 1)
-  prev_params = None  # last epoch's params, for the flip ratio (none after a mid-epoch resume)
+  # the binary params at the start of the epoch, for its flip ratio (none in epoch 1 and after
+  # a mid-epoch resume); prev_epoch: the epoch index whose start they are
+  prev_params, prev_epoch = None, -1
   teacher_args = () if run.teacher is None else (run.teacher,)
   checked = run.start_step  # steps up to here are known to be finite
   with _StopRequest() as stop:
@@ -533,8 +535,10 @@ def _train_epochs(run: Run, on_epoch_end: Optional[Callable[[dict], None]] = Non
                                          jax.process_index(), jax.process_count())
       first = run.start_step - epoch * spe if epoch == run.start_step // spe else 0
       carried = _partial_sums(run.meta) if first else ({}, {})
-      if prev_params is None and epoch > 0 and first == 0:
-        prev_params = _host_params_if_binary(state)
+      stats_now = ((epoch + 1) % config.weight_stats_every_epochs == 0
+                   or epoch + 1 == config.num_epochs)
+      if stats_now and epoch > 0 and first == 0 and prev_epoch != epoch:
+        prev_params, prev_epoch = _host_params_if_binary(state), epoch
       bar = _progress(config, run.is_chief, epoch, spe, first)
       sums = replicate(run.zero_sums, run.devices)  # donated to the step: a fresh copy
       t0 = time.time()
@@ -575,16 +579,19 @@ def _train_epochs(run: Run, on_epoch_end: Optional[Callable[[dict], None]] = Non
         record.update(balance_record(
             {k: float(v[0]) for k, v in run.p_balance(state, run.test_data[0],
                                                        run.balance_indices).items()}))
-      host_binary = _host_params_if_binary(state)
-      if host_binary:
-        stats = weight_stats.latent_weight_stats(
-            host_binary, target=optim.logged_weight_target(config), prev_params=prev_params)
-        record.update(weight_stats.flatten_stats(stats, "weights"))
-      prev_params = host_binary
+      if stats_now:
+        host_binary = _host_params_if_binary(state)
+        if host_binary:
+          stats = weight_stats.latent_weight_stats(
+              host_binary, target=optim.logged_weight_target(config),
+              prev_params=prev_params if prev_epoch == epoch else None)
+          record.update(weight_stats.flatten_stats(stats, "weights"))
+        prev_params, prev_epoch = host_binary, epoch + 1   # the next epoch's start
       run.writer.epoch(record)
       if run.is_chief:
         logging.info("epoch %d: %s", epoch + 1, _summary_line(record))
-      _save(run.ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
+      if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == config.num_epochs:
+        _save(run.ckpt, state, epoch + 1, {}, record.get("test/accuracy"))
       if on_epoch_end is not None:
         on_epoch_end(record)
   return record

@@ -53,6 +53,10 @@ def get_config(options: str = ""):
   c.data.augment = True
   c.batch_size = 256
   c.num_epochs = 256
+  # per-epoch host work costs more than a GPU epoch (docs/BENCHMARKS.md section 9): save and
+  # take the latent-weight statistics every 8 epochs (and at the last; a stop signal saves)
+  c.checkpoint.every_epochs = 8
+  c.weight_stats_every_epochs = 8
   c.optim.name = "adam"
   c.optim.lr = 2e-3
   c.optim.schedule = "cosine"

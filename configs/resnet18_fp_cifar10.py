@@ -17,6 +17,10 @@ def get_config(options: str = ""):
   c.data.dataset = "cifar100" if options == "cifar100" else "cifar10"
   c.batch_size = 128
   c.num_epochs = 200
+  # per-epoch host work costs more than a GPU epoch (docs/BENCHMARKS.md section 9): save and
+  # take the latent-weight statistics every 8 epochs (and at the last; a stop signal saves)
+  c.checkpoint.every_epochs = 8
+  c.weight_stats_every_epochs = 8
   c.optim.name = "sgd"
   c.optim.lr = 0.1
   c.optim.momentum = 0.9

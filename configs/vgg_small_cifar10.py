@@ -39,6 +39,8 @@ def get_config(options: str = ""):
     c.batch_size, c.num_epochs = 256, 300
     c.optim.name, c.optim.lr = "adam", 1e-3
   c.optim.schedule = "cosine"
+  c.checkpoint.every_epochs = 8            # as the other full-scale recipes (reactnet18_cifar10.py)
+  c.weight_stats_every_epochs = 8
   if "method3" in opts:
     method3(c, teacher="runs/vgg_fp_c100" if "cifar100" in opts else "runs/vgg_fp")
     c.distill.detail_weight = 0.0   # proxy arm m3_vgg_kl: the KL alone

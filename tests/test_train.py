@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from bnn_jax import checkpoints, train_lib
+from bnn_jax import checkpoints, optim, train_lib
 from helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,6 +156,36 @@ def test_killed_run_resumes_to_the_same_result(cifar10_path, tmp_path, tiny_run)
   assert [r["epoch"] for r in resumed] == [1, 2]  # no duplicate or lost epoch record
   for got, want in zip(resumed, straight):
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_sparse_checkpoints_and_weight_statistics(cifar10_path, tmp_path, tiny_run):
+  """checkpoint.every_epochs=2 and weight_stats_every_epochs=2 over 3 epochs: checkpoints after
+  epochs 2 and 3 (the last), statistics in the records of epochs 2 and 3, each flip ratio the
+  sign changes during its own epoch; epochs 1-2 are the tiny_run fixture's (constant lr: the
+  same steps), whose checkpoints at steps 8 and 16 give epoch 2's flips by hand."""
+  workdir = str(tmp_path / "sparse")
+  config = tiny_config(cifar10_path, num_epochs=3, weight_stats_every_epochs=2,
+                       **{"checkpoint.every_epochs": 2})
+  train_lib.train_and_evaluate(config, workdir)
+  assert saved_steps(workdir) == [16, 24]
+  history = checkpoints.read_metrics(workdir)
+  assert [("weights/overall/mean_abs" in r) for r in history] == [False, True, True]
+  def signs(step):
+    params = checkpoints.load_run(tiny_run, step=step).params
+    return [np.asarray(w) >= 0 for w, binary in zip(jax.tree.leaves(params),
+                                                     jax.tree.leaves(optim.binary_mask(params)))
+            if binary]
+  changed = sum(int((a != b).sum()) for a, b in zip(signs(8), signs(16)))
+  assert history[1]["weights/overall/flip_ratio"] == pytest.approx(
+      changed / sum(a.size for a in signs(8)))
+  assert 0 <= history[2]["weights/overall/flip_ratio"] <= 1
+  epoch2 = checkpoints.load_run(workdir, step=16).params
+  assert_trees_close(final_params(tiny_run), jax.tree.map(np.asarray, epoch2), rtol=1e-6,
+                     atol=1e-7)
+  for key, bad in (("checkpoint.every_epochs", 0), ("weight_stats_every_epochs", -2)):
+    c = tiny_config(cifar10_path, **{key: bad})
+    with pytest.raises(ValueError, match=f"{key}={bad}.*whole number >= 1"):
+      train_lib.train_and_evaluate(c, str(tmp_path / "bad"))
 
 
 @pytest.mark.xdist_group("run_2048")
