@@ -43,7 +43,7 @@ FLOAT32_SCOPES = re.compile(r"(^|_)bn\d*$|^mean_variance$|^excitation\d*$|^binar
 
 def _train_step_parts(name, dtype):
   model = models.get_model(name, width=0.125, dtype=dtype)
-  variables = model.init(jax.random.key(0), X)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), X))
 
   def loss(params, batch_stats):
     logits, state = model.apply({"params": params, "batch_stats": batch_stats}, X, train=True,
@@ -58,7 +58,8 @@ def _train_step_parts(name, dtype):
 def test_bfloat16_policy_puts_each_dtype_where_the_docs_say(name):
   loss, params, batch_stats = _train_step_parts(name, "bfloat16")
   grad_fn = jax.value_and_grad(loss, has_aux=True)
-  (ce, (logits, state)), grads = grad_fn(params, batch_stats)
+  # shapes and dtypes of everything the step returns (traced, not computed)
+  (ce, (logits, state)), grads = jax.eval_shape(grad_fn, params, batch_stats)
   # float32: parameters, their gradients, BN running statistics, logits and the loss
   for tree in (params, grads, state.get("batch_stats", {})):
     assert {x.dtype for x in jax.tree.leaves(tree)} <= {jnp.dtype(jnp.float32)}
