@@ -6,7 +6,8 @@ that act on the latent (real-valued, pre-sign) binary weights:
 * ``w_regularization``: adds lambda * dR/dw of the W-shaped regularizer
   R(w) = ||w| - t|^p / p, which pulls every weight toward +-t from both sides;
 * ``variant_cosine_momentum``: a velocity that pulls weights beyond +-t (the "tail",
-  which gets no task gradient through a clipped STE) back toward the band.
+  which gets no task gradient through a clipped STE) back toward the band;
+* ``tail_projection``: a control for it, the tail clipped to t + D after every step.
 
 Both are gradient-side terms, like ``optax.add_decayed_weights``: chain them before
 the base optimizer's scaling (``scale_by_adam`` / ``trace``) and the learning rate,
@@ -287,10 +288,13 @@ def variant_cosine_momentum(strength: ScalarOrSchedule, decay: float = 0.9, widt
   The term is added to the gradient (optax sign convention), so after
   ``scale_by_learning_rate`` (-lr) a weight beyond +t moves down and one beyond -t
   moves up: |w| decreases. Weights with a clipped STE get no task gradient beyond
-  the clip, so without this they never come back; weights far out return fast,
-  weights at the band feel nothing. This is the project's own definition
-  (docs/METHODS.md, "Method 1"), a momentum variant with a cosine ramp. sign(w) only
-  matters where |w| > t >= 0, so the sign(0) convention does not arise.
+  the clip, so without this they never come back. The force m(d) sign(w) is 0 at the
+  band, but the velocity is not: with mu = 0.9, |v| reaches 10, so a weight pulled back
+  keeps moving inside the band and can cross zero. With ``target="mean_abs"`` the tail
+  never empties (~40% of a channel lies above its own mean) and t falls as the tail is
+  pulled in: the latent scale collapses (docs/METHODS.md, "Method 1"; docs/RESULTS.md,
+  "Mechanisms"). This is the project's own definition, a momentum variant with a cosine
+  ramp. sign(w) only matters where |w| > t >= 0, so the sign(0) convention does not arise.
 
   Args:
     strength: kappa, a float or an optax schedule of the step count.
