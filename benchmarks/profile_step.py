@@ -105,10 +105,17 @@ def top_operations(trace_path: str, steps: int, top: int = 15) -> tuple[list[dic
   threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
   device_pids = {p for p, name in processes.items() if name.startswith("/device:")}
+  # GPU: the kernels on the device's stream timelines (its "XLA Ops"/"XLA Modules" lines
+  # repeat them as spans); CPU: XLA's thread-pool operations, not the executor spans that
+  # contain them
+  streams = {key for key, name in threads.items() if key[0] in device_pids and "Stream" in name}
   if device_pids:
-    keep, where = (lambda e: e["pid"] in device_pids), "device kernels"
+    keep = (lambda e: (e["pid"], e["tid"]) in streams) if streams else \
+        (lambda e: e["pid"] in device_pids)
+    where = "device kernels"
   else:
-    keep = lambda e: "XLA" in threads.get((e["pid"], e["tid"]), "")
+    keep = lambda e: ("XLA" in threads.get((e["pid"], e["tid"]), "")
+                      and not e["name"].startswith("ThunkExecutor"))
     where = "XLA CPU thread-pool operations"
   totals, counts = collections.Counter(), collections.Counter()
   for e in events:

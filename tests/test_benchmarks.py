@@ -62,3 +62,26 @@ def test_a_broken_layer_is_a_different_function(reactnet):
   # a backward-only difference (logits equal, one layer's gradient off by 2x) is caught too
   grads3 = [g * (2.0 if i == 5 else 1.0) for i, g in enumerate(grads)]
   assert not common.same_function(logits, logits, grads3, grads)[0]
+
+
+def test_profile_reads_a_real_trace_and_the_compiled_program(tmp_path):
+  """profile_step's parsers on a real jax.profiler trace of a jitted function on this CPU:
+  the top operations are XLA's own (not the executor spans around them), counted per step;
+  the HLO counts see the program's fusion."""
+  import jax.numpy as jnp
+  import profile_step
+  f = jax.jit(lambda x: jnp.tanh(x @ x) * 2.0 + 1.0)
+  x = jnp.ones((128, 128))
+  compiled = f.lower(x).compile()
+  assert profile_step.hlo_counts(compiled.as_text())["fusions"] >= 1
+  f(x).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(3):
+      y = f(x)
+    y.block_until_ready()
+  trace = next(tmp_path.rglob("*.trace.json.gz"))
+  rows, where = profile_step.top_operations(str(trace), steps=3)
+  assert where == "XLA CPU thread-pool operations" and rows
+  assert not any(r["name"].startswith("ThunkExecutor") for r in rows)
+  assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-6 or len(rows) == 15
+  assert all(r["per_step"] >= 1 for r in rows)    # each op ran at least once per call
