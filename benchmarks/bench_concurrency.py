@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+import common
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.width=0.125", "--config.data.train_subset=512",
         "--config.data.test_subset=256", "--config.batch_size=64"]
@@ -78,8 +80,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/reactnet18_cifar10.py")
-  parser.add_argument("--data", default=os.environ.get("BNN_JAX_CIFAR10",
-                                                       "../shared/data/cifar-10-binary.tar.gz"))
+  common.add_data_flag(parser)
   parser.add_argument("--procs", default="1,2,4", help="comma-separated process counts")
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--set", nargs="*", default=[],
@@ -99,12 +100,8 @@ def main(argv=None):
   result = {"date": time.strftime("%Y-%m-%d"), "device": f"{dev.platform} ({dev.device_kind})",
             "config": args.config, "epochs": args.epochs,
             "overrides": (TINY if args.tiny else []) + args.set, "rows": rows}
-  os.makedirs(args.out, exist_ok=True)
   text = markdown(result)
-  with open(os.path.join(args.out, "concurrency.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(args.out, "concurrency.md"), "w") as f:
-    f.write(text)
+  common.write_report(args.out, "concurrency", result, text)
   print(text)
   return result
 

@@ -22,7 +22,6 @@ models are checked to compute the same function in float32 (logits and the whole
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -35,27 +34,18 @@ import bench_train_step
 import common
 import torch_reactnet
 from bnn_jax import data
-from bnn_jax.config import base_config, set_model
 
 TORCH_VARIANTS = ("eager", "compiled")
 
 
 def trainer_config(args, dtype: str, batch: int):
-  """The ReActNet-18 recipe's trainer settings at this dtype and batch (lr as the recipe)."""
-  c = base_config()
-  set_model(c, "reactnet18")
-  c.model.width = args.width
+  """The ReActNet-18 recipe's trainer settings (bench_epoch's: Adam 2e-3, cosine, crop +
+  flip) at this dtype and batch."""
+  c = bench_epoch.trainer_config(types.SimpleNamespace(
+      width=args.width, data=args.data, train_subset=args.train_subset, batch=batch,
+      epochs=args.epochs))
   c.model.dtype = dtype
-  c.data.path = args.data
-  c.data.augment = True
-  c.data.train_subset = args.train_subset
   c.data.test_subset = args.test_subset
-  c.batch_size = batch
-  c.num_epochs = args.epochs
-  c.optim.name = "adam"
-  c.optim.lr = 2e-3
-  c.optim.schedule = "cosine"
-  c.progress_bar = False
   return c
 
 
@@ -155,15 +145,11 @@ def main(argv=None):
             "channels_last": args.channels_last, "torch_variants": args.torch,
             "width": args.width, "train_images": len(ds.train_labels), "epochs": args.epochs,
             "same_function": {"logits": logits_diff, "gradient": grad_diff}, "rows": []}
-  os.makedirs(args.out, exist_ok=True)
   for dtype in dtypes:
     for batch in common.batch_sizes(args.batches):
       result["rows"].append(bench_one(args, ds, dtype, batch))
       text = markdown(result)           # written after every row: a time-out keeps the rest
-      with open(os.path.join(args.out, "recipe_bench.json"), "w") as f:
-        json.dump(result, f, indent=1)
-      with open(os.path.join(args.out, "recipe_bench.md"), "w") as f:
-        f.write(text)
+      common.write_report(args.out, "recipe_bench", result, text)
   print(text)
   return result
 

@@ -7,6 +7,7 @@ load average is printed with each table so a reader can judge the noise.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -96,6 +97,15 @@ def time_interleaved(runners: dict[str, Callable[[int], None]], steps: int, repe
       runners[name](steps)
       times[name].append((time.perf_counter() - t0) / steps)
   return times
+
+
+def write_report(out: str, stem: str, result: dict, text: str) -> None:
+  """Writes ``out/stem.json`` (the result) and ``out/stem.md`` (its Markdown)."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f"{stem}.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out, f"{stem}.md"), "w") as f:
+    f.write(text)
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence], notes=()) -> None:

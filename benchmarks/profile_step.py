@@ -37,11 +37,11 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root: configs/ and bnn_jax/
 
+import common  # noqa: E402  (benchmarks/common.py)
 from bnn_jax import data, train_lib  # noqa: E402
 from bnn_jax.config import validate  # noqa: E402
 
@@ -209,8 +209,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/reactnet18_cifar10.py")
-  parser.add_argument("--data", default=os.environ.get("BNN_JAX_CIFAR10",
-                                                       "../shared/data/cifar-10-binary.tar.gz"))
+  common.add_data_flag(parser)
   parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   parser.add_argument("--out", default=os.environ.get("OUT", "profile_out"))
   parser.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -230,10 +229,7 @@ def main(argv=None):
   result = profile(config, args.out, args.steps, args.trace_steps, args.peak_gbps,
                    keep_trace=not args.no_keep_trace)
   text = markdown(result)
-  with open(os.path.join(args.out, "profile.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(args.out, "profile.md"), "w") as f:
-    f.write(text)
+  common.write_report(args.out, "profile", result, text)
   print(text)
   return result
 
