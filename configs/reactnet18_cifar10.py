@@ -74,7 +74,12 @@ def get_config(options: str = ""):
 def cosine_momentum(c) -> None:
   """The variant cosine momentum as measured best on the proxy (docs/RESULTS.md, "Method 1,
   second pass"): decoupled (-lr(step) * kappa * v after Adam), aimed at t = mean|w| per
-  output channel, kappa = 1 from step 0, D = 0.05 (the scale of mean|w| at width 0.25)."""
+  output channel, kappa = 1 from step 0, D = 0.05 (the scale of mean|w| at width 0.25).
+
+  What carries its gain (docs/RESULTS.md, "Mechanisms", one seed per control so far): not the
+  tail (cutting it at t + D gains nothing) but the shrinking of the latent weights, which
+  makes Adam's scale-free steps flip more signs; the velocity (mu = 0.9) only slows the start
+  (mu = 0 ended as high on one seed). Kept as measured until the second seeds decide."""
   m = c.optim.cosine_momentum
   m.enabled = True
   m.placement = "decoupled"
