@@ -7,8 +7,9 @@ float32 and bfloat16 at batch 256 and 512, and how does that compare with the Py
 ReActNet-18 a user would pick (``torch_reactnet.py``, its data on the same device): eager and
 ``torch.compile``, float32 and bf16 autocast, channels-last.
 
-For every (dtype, batch): the trainer runs ``--epochs`` epochs; after each, every PyTorch
-variant of the same dtype trains one epoch (``bench_epoch.TorchLoop``), so the sides alternate
+For every (batch, dtype), the first batch's rows first: the trainer runs ``--epochs`` epochs;
+after each, every PyTorch variant of the same dtype (``torch.compile`` only at
+``--compiled-batches``: its compile takes about a minute per row) trains one epoch (``bench_epoch.TorchLoop``), so the sides alternate
 on the same machine state. Epoch 1 is a warm-up (compiles) and is not reported; the table gives
 the median img/s over the other epochs, and each jax/torch ratio. Before any timing, the two
 models are checked to compute the same function in float32 (logits and the whole gradient,
@@ -46,15 +47,19 @@ def trainer_config(args, dtype: str, batch: int):
       epochs=args.epochs))
   c.model.dtype = dtype
   c.data.test_subset = args.test_subset
+  c.checkpoint.every_epochs = args.epochs       # untimed host work: once, at the end
+  c.weight_stats_every_epochs = args.epochs
   return c
 
 
 def bench_one(args, ds, dtype: str, batch: int) -> dict:
   """One (dtype, batch): trainer epochs alternating with one epoch of each torch variant."""
   loop_args = types.SimpleNamespace(batch=batch, width=args.width, epochs=args.epochs)
+  variants = [v for v in args.torch
+              if v != "compiled" or not args.compiled_batches or batch in args.compiled_batches]
   loops = {v: bench_epoch.TorchLoop(loop_args, ds, device=args.torch_device, dtype=dtype,
                                     compile=v == "compiled", channels_last=args.channels_last)
-           for v in args.torch}
+           for v in variants}
   torch_s = {v: [] for v in loops}
 
   def torch_epochs():
@@ -85,7 +90,9 @@ def markdown(result: dict) -> str:
     cells = [r["dtype"], str(r["batch"]), f"{r['jax_img_s']:,.0f}",
              f"{statistics.median(r['jax_epoch_s'][1:]):.2f}"]
     for v in variants:
-      cells += [f"{r[f'torch_{v}_img_s']:,.0f}", f"{r[f'ratio_vs_torch_{v}']:.2f}"]
+      measured = f"torch_{v}_img_s" in r
+      cells += [f"{r[f'torch_{v}_img_s']:,.0f}" if measured else "-",
+                f"{r[f'ratio_vs_torch_{v}']:.2f}" if measured else "-"]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", f"torch {result['torch']} on {result['torch_device']}"
             f"{', channels-last' if result['channels_last'] else ''}; bfloat16 rows: the "
@@ -110,6 +117,9 @@ def main(argv=None):
   parser.add_argument("--torch", default=None,
                       help=f"comma-separated PyTorch variants: {', '.join(TORCH_VARIANTS)} "
                            f"(default both; eager with --tiny)")
+  parser.add_argument("--compiled-batches", default="256",
+                      help="batch sizes with a torch.compile row ('' for all): its compile "
+                           "takes about a minute per (dtype, batch)")
   parser.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu")
   parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
   parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
@@ -122,6 +132,8 @@ def main(argv=None):
     args.batches = "128"
   args.torch = args.torch or ("eager" if args.tiny else ",".join(TORCH_VARIANTS))
   args.torch = [v.strip() for v in args.torch.split(",") if v.strip()]
+  args.compiled_batches = common.batch_sizes(args.compiled_batches) \
+      if args.compiled_batches.strip() else []
   dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
   bad = [v for v in args.torch if v not in TORCH_VARIANTS] + \
       [d for d in dtypes if d not in ("float32", "bfloat16")]
@@ -145,8 +157,8 @@ def main(argv=None):
             "channels_last": args.channels_last, "torch_variants": args.torch,
             "width": args.width, "train_images": len(ds.train_labels), "epochs": args.epochs,
             "same_function": {"logits": logits_diff, "gradient": grad_diff}, "rows": []}
-  for dtype in dtypes:
-    for batch in common.batch_sizes(args.batches):
+  for batch in common.batch_sizes(args.batches):    # the first batch's rows first: with a
+    for dtype in dtypes:                              # time-out, the headline rows are in
       result["rows"].append(bench_one(args, ds, dtype, batch))
       text = markdown(result)           # written after every row: a time-out keeps the rest
       common.write_report(args.out, "recipe_bench", result, text)

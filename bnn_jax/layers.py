@@ -61,7 +61,8 @@ class BinaryConv(nn.Module):
   +-1 in bfloat16 and its sums come out in bfloat16 (the backend accumulates in float32, so
   the integer sum is rounded once), alpha (and gain) multiplies them in float32, as in the
   packed model, and the product is rounded to bfloat16, the network's compute dtype. All
-  operands stay bfloat16 in the backward pass too (docs/METHODS.md, "Numerics"). In float32, alpha stays folded into the kernel (the same function; the
+  operands stay bfloat16 in the backward pass too (docs/METHODS.md, "Numerics"). In float32,
+  alpha stays folded into the kernel (the same function; the
   multiply on the conv output instead cost 17% of a CPU train step: 88 vs 105 img/s,
   ReActNet-18 width 0.25, batch 128, a one-off timing of the jitted step).
   """

@@ -58,6 +58,9 @@ DETAIL = {"distill.detail_weight": 10.0}
 ARMS = {
     # ReActNet-18, Adam: the baseline of methods 1 and 3 (CE only).
     "m3_r18_ce": ("reactnet18", {}, {}),
+    # The same in bfloat16 (docs/METHODS.md, "Numerics"): does the precision policy learn like
+    # float32 on the proxy?
+    "r18_bf16": ("reactnet18", {}, {"model.dtype": "bfloat16"}),
     # Method 1 (second pass): decoupled W-regularizer, t = mean|w| per channel.
     "m1_l2": ("reactnet18", {}, {"optim.binary_weight_decay": 5e-4}),
     **{f"m1_wreg_{lam}": ("reactnet18", {}, {**WREG, "optim.w_reg.strength": lam})

@@ -37,6 +37,8 @@ ABLATIONS = {
     # what carries method 2's gain
     "method2_parts": ["m2_fp", "m2_bnn", "m2_mv", "m2_zp", "m2_mv_zp", "m2_ge", "m2_refine",
                       "m2_no_mv", "m2_all"],
+    # the bfloat16 precision policy against float32 (docs/METHODS.md, "Numerics")
+    "precision": ["m3_r18_ce", "r18_bf16"],
     # the 16-epoch proxy (python experiments/tables.py epochs16 --results
     # experiments/results_16ep)
     "epochs16": ["m3_r18_ce", "m1_cosmom", "m2_fp", "m3_r18_both", "m2_reactnet_fda"],
@@ -62,6 +64,9 @@ EXTRA = {
                    ("flips ep 4", "weights/overall/flip_ratio", "{:.4f}"),
                    ("e_q", "weights/overall/quant_error", "{:.3f}")],
     "method2_parts": [("entropy (bits)", "balance/overall/entropy", "{:.3f}")],
+    "precision": [("train loss", "train/loss", "{:.3f}"),
+                  ("epoch s", "epoch_seconds", "{:.0f}"),
+                  ("e_q", "weights/overall/quant_error", "{:.3f}")],
     "epochs16": [("top-1 ep 4", "test/accuracy", "{:.2%}", 4),
                  ("top-1 ep 8", "test/accuracy", "{:.2%}", 8),
                  ("top-1 ep 12", "test/accuracy", "{:.2%}", 12)],
