@@ -43,28 +43,18 @@ sys.path.insert(0, os.path.dirname(HERE))  # the repository root: configs/ and b
 
 import common  # noqa: E402  (benchmarks/common.py)
 from bnn_jax import data, train_lib  # noqa: E402
-from bnn_jax.config import validate  # noqa: E402
+from bnn_jax.config import load_file, set_key, validate  # noqa: E402
 
 TINY = {"model.width": 0.125, "data.train_subset": 512, "data.test_subset": 256,
         "batch_size": 64}
 
 
 def load_config(spec: str, overrides: dict):
-  """A config file (``path.py[:options]``) with ``key=value`` overrides applied."""
-  import importlib.util
-  path, _, options = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("profiled_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(options)
+  """A config file (``path.py[:options]``) with dotted-key overrides, validated."""
+  config = load_file(spec)
   with config.unlocked():
     for key, value in overrides.items():
-      *parents, leaf = key.split(".")
-      section = config
-      for p in parents:
-        section = section[p]
-      section[leaf] = type(section[leaf])(value) if not isinstance(value, type(section[leaf])) \
-          else value
+      set_key(config, key, value)
   config.progress_bar = False
   validate(config)
   return config

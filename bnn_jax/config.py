@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -93,6 +94,29 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     else:
       out[key] = v
   return out
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """``config["a.b.c"] = value`` for a dotted key (a missing section or field is a KeyError)."""
+  *parents, leaf = key.split(".")
+  section = config
+  for p in parents:
+    section = section[p]
+  section[leaf] = value
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``path/to/file.py[:options]``: the file's ``get_config(options)``, as
+  ``train.py --config`` loads it (``get_config()`` when no options are given)."""
+  import importlib.util
+  path, _, options = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"No config file {path!r} (from {spec!r}); pass configs/NAME.py[:options].")
+  module_spec = importlib.util.spec_from_file_location(
+      "bnn_jax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(options) if options else module.get_config()
 
 
 def set_model(config: ml_collections.ConfigDict, name: str, **options) -> None:

@@ -41,16 +41,8 @@ REPORTED = ("test/accuracy", "weights/overall/mean_dist", "weights/overall/tail_
             "weights/overall/flip_ratio", "weights/overall/near_frac")
 
 
-def set_path(config, key, value):
-  *parents, leaf = key.split(".")
-  section = config
-  for p in parents:
-    section = section[p]
-  section[leaf] = value
-
-
 def make_config(args, arm, seed):
-  from bnn_jax.config import base_config
+  from bnn_jax.config import base_config, set_key
   c = base_config()
   c.model.width = args.width
   c.data.path = args.data
@@ -62,10 +54,10 @@ def make_config(args, arm, seed):
   c.eval_every_epochs = args.epochs  # test once, at the end (the arms are compared there)
   c.progress_bar = False
   for key, value in ARMS[arm].items():
-    set_path(c, key, value)
+    set_key(c, key, value)
   for override in args.set:
     key, value = override.split("=", 1)
-    set_path(c, key, json.loads(value))
+    set_key(c, key, json.loads(value))
   return c
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib
 import json
 import math
 import os
@@ -127,12 +126,11 @@ TINY = {"num_epochs": 1, "batch_size": 16, "data.train_subset": 32, "data.test_s
 
 
 def load_config(spec: str):
-  """The ConfigDict of ``configs/FILE.py[:options]``, as train.py's --config loads it."""
-  path, _, options = spec.partition(":")
-  if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-  module = importlib.import_module(os.path.splitext(path)[0].replace("/", "."))
-  return module.get_config(options) if options else module.get_config()
+  """The ConfigDict of ``configs/FILE.py[:options]`` (relative to the repository), as train.py's
+  --config loads it."""
+  from bnn_jax.config import load_file
+  path, sep, options = spec.partition(":")
+  return load_file(os.path.join(REPO, path) + sep + options)
 
 
 def num_epochs(run: Run, tiny: bool = False) -> int:

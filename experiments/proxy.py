@@ -137,18 +137,10 @@ def protocol_dir(base: str, epochs: int) -> str:
   return base if epochs == 4 else f"{base}_{epochs}ep"
 
 
-def set_path(config, key: str, value) -> None:
-  *parents, leaf = key.split(".")
-  section = config
-  for p in parents:
-    section = section[p]
-  section[leaf] = value
-
-
 def proxy_config(data_path: str, model: str, options: dict, seed: int, overrides: dict,
                  epochs: int = 4, runs: str = "runs/proxy"):
   """The proxy protocol's config for one arm."""
-  from bnn_jax.config import base_config, set_model
+  from bnn_jax.config import base_config, set_key, set_model
   c = base_config()
   set_model(c, model, **options)
   c.model.width = 0.25
@@ -161,7 +153,7 @@ def proxy_config(data_path: str, model: str, options: dict, seed: int, overrides
   c.seed = seed
   c.progress_bar = False
   for key, value in overrides.items():
-    set_path(c, key, value.replace("{runs}", runs) if isinstance(value, str) else value)
+    set_key(c, key, value.replace("{runs}", runs) if isinstance(value, str) else value)
   return c
 
 

@@ -4,16 +4,7 @@ import os
 import subprocess
 import sys
 
-from bnn_jax.config import base_config, set_model
-
-
-def set_path(config, key: str, value) -> None:
-  """config["a.b.c"] = value for a dotted key."""
-  section = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    section = section[p]
-  section[leaf] = value
+from bnn_jax.config import base_config, set_key, set_model
 
 
 def tiny_config(cifar10_path, model: str = "reactnet18", **overrides):
@@ -37,7 +28,7 @@ def tiny_config(cifar10_path, model: str = "reactnet18", **overrides):
   c.progress_bar = False
   c.log_every_steps = 4
   for key, value in overrides.items():
-    set_path(c, key, value)
+    set_key(c, key, value)
   return c
 
 

@@ -196,3 +196,16 @@ def test_bad_teacher_checkpoint_is_named():
   c.teacher.checkpoint = "newest"
   with pytest.raises(ValueError, match=r"teacher.checkpoint='newest': use best or latest"):
     config_lib.validate(c)
+
+
+def test_load_file_and_set_key():
+  """config.load_file reads a config file as train.py --config does (options after a colon);
+  set_key sets a dotted key and names a missing one."""
+  c = config_lib.load_file(os.path.join(CONFIG_DIR, "reactnet18_cifar10.py") + ":bnfree")
+  assert c.model.name == "reactnet18_bnfree" and c.optim.agc_clip == 0.02
+  config_lib.set_key(c, "optim.lr", 1e-3)
+  assert c.optim.lr == 1e-3
+  with pytest.raises(KeyError):
+    config_lib.set_key(c, "optim.nope.lr", 1.0)
+  with pytest.raises(ValueError, match="No config file"):
+    config_lib.load_file("configs/nope.py:bnfree")

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import full_scale as fs  # noqa: E402
 
 from bnn_jax import config as config_lib, deploy, zoo  # noqa: E402
-from helpers import set_path  # noqa: E402
+from bnn_jax.config import set_key  # noqa: E402
 
 REPO = fs.REPO
 EPOCHS = {r.name: fs.num_epochs(r) for r in fs.QUEUE}
@@ -48,7 +48,7 @@ def test_queue_is_the_issues_order_of_valid_configs():
   for run in fs.QUEUE:
     c = fs.load_config(run.config)
     for key, value in fs.overrides(run, "c10.tar.gz", "/machine/runs").items():
-      set_path(c, key, value)
+      set_key(c, key, value)
     config_lib.validate(c)
     models.append(c.model.name)
     assert c.seed == run.seed and c.model.width == 1.0
