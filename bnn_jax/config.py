@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -112,6 +113,11 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
   path, _, options = spec.partition(":")
   if not os.path.isfile(path):
     raise ValueError(f"No config file {path!r} (from {spec!r}); pass configs/NAME.py[:options].")
+  # a config file may import its package's siblings (configs/vgg_small_cifar10.py imports
+  # configs.reactnet18_cifar10), as it can under train.py run from the repository root
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location(
       "bnn_jax_config_" + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)

@@ -209,3 +209,6 @@ def test_load_file_and_set_key():
     config_lib.set_key(c, "optim.nope.lr", 1.0)
   with pytest.raises(ValueError, match="No config file"):
     config_lib.load_file("configs/nope.py:bnfree")
+  # a file that imports a sibling config module (as under train.py)
+  vgg = config_lib.load_file(os.path.join(CONFIG_DIR, "vgg_small_cifar10.py") + ":method3")
+  assert vgg.distill.semantic_weight > 0
