@@ -50,10 +50,18 @@ def test_reactnet18_options(options):
 
 
 def test_method1_turns_on_the_best_proxy_settings():
-  """:method1 = the cosine momentum as in the proxy arm m1_cosmom (docs/RESULTS.md), :wreg the
-  W-regularizer as in m1_wreg_0.3_late, the late start scaled from 2 + 1 of 4 epochs."""
+  """:method1 = the cosine momentum without velocity as in the proxy arm m1_cosmom_mu0, :cosmom
+  the thesis' form as in m1_cosmom (docs/RESULTS.md, "Mechanisms"), :wreg the W-regularizer
+  as in m1_wreg_0.3_late, the late start scaled from 2 + 1 of 4 epochs."""
+  for options, arm_name in (("cosmom", "m1_cosmom"), ("method1", "m1_cosmom_mu0")):
+    c = load("reactnet18_cifar10.py", options)
+    for key, value in proxy.ARMS[arm_name][2].items():
+      section, term, field = key.split(".")
+      assert c[section][term][field] == value, (options, key)
+  assert load("reactnet18_cifar10.py", "method1").optim.cosine_momentum.decay == 0.0
+  assert load("reactnet18_cifar10.py", "cosmom").optim.cosine_momentum.decay == 0.9
   c = load("reactnet18_cifar10.py", "method1,wreg")
-  arm = {**proxy.ARMS["m1_cosmom"][2], **proxy.ARMS["m1_wreg_0.3_late"][2]}
+  arm = {**proxy.ARMS["m1_cosmom_mu0"][2], **proxy.ARMS["m1_wreg_0.3_late"][2]}
   for key, value in arm.items():
     section, term, field = key.split(".")
     if field not in ("start_epochs", "ramp_epochs"):
