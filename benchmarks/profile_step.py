@@ -128,30 +128,30 @@ def profile(config, out: str, steps: int, trace_steps: int, peak_gbps: float,
     state = run.state
     rng = jax.random.key(0)
 
-    def one(i, state):
-      sums = train_lib.replicate(run.zero_sums, run.devices)
-      state, sums, metrics = run.p_train(state, sums, *run.train_data,
-                                         indices[i % len(indices)], rng)
-      return state, metrics
-
+    # the metric sums are donated and returned by every step: carried, as the trainer's loop
+    # carries them through an epoch (no host-to-device copy inside the timed steps)
     sums = train_lib.replicate(run.zero_sums, run.devices)
+
+    def one(i, state, sums):
+      return run.p_train(state, sums, *run.train_data, indices[i % len(indices)], rng)
+
     compiled = run.p_train.lower(state, sums, *run.train_data, indices[0], rng).compile()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     counts = hlo_counts(compiled.as_text())
     for i in range(2):                                     # warm-up (pmap compiles twice)
-      state, metrics = one(i, state)
+      state, sums, metrics = one(i, state, sums)
     jax.block_until_ready(metrics)
     times = []
     for i in range(steps):
       t0 = time.perf_counter()
-      state, metrics = one(i, state)
+      state, sums, metrics = one(i, state, sums)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t0)
     trace_dir = os.path.join(out, "trace")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=False):
       for i in range(trace_steps):
-        state, metrics = one(i, state)
+        state, sums, metrics = one(i, state, sums)
       jax.block_until_ready(metrics)
     trace_files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"),
                                    recursive=True))

@@ -86,3 +86,16 @@ def test_profile_reads_a_real_trace_and_the_compiled_program(tmp_path):
   assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-6 or len(rows) == 15
   assert rows[0]["per_step"] >= 1          # the costliest op ran in every call
   assert rows == sorted(rows, key=lambda r: -r["total_ms"])
+
+
+def test_bad_benchmark_arguments_are_named(capsys):
+  """The device scripts refuse bad sizes before any work, naming the flag."""
+  import bench_concurrency
+  import profile_step
+  for main, argv, flag in ((profile_step.main, ["--steps", "0"], "--steps"),
+                           (bench_concurrency.main, ["--procs", "0"], "--procs"),
+                           (bench_concurrency.main, ["--epochs", "1"], "--epochs"),
+                           (bench_concurrency.main, ["--data", "/nowhere.tar.gz"], "/nowhere")):
+    with pytest.raises(SystemExit):
+      main(argv)
+    assert flag in capsys.readouterr().err
