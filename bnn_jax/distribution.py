@@ -134,9 +134,9 @@ class ZeroPointSign(nn.Module):
   def presign(self, x: jax.Array, theta_dyn: Optional[jax.Array] = None) -> jax.Array:
     """u = x - theta_c - theta_dyn, the input of the sign."""
     theta = self.param("theta", nn.initializers.zeros, (x.shape[-1],))
-    u = x - theta.astype(x.dtype)
+    u = x - layers.cast_to_activation(theta, x)
     if theta_dyn is not None:
-      u = u - theta_dyn.astype(x.dtype)
+      u = u - layers.cast_to_activation(theta_dyn, x)
     return u
 
   def __call__(self, x: jax.Array, theta_dyn: Optional[jax.Array] = None) -> jax.Array:
@@ -173,7 +173,8 @@ class GroupExcitation(nn.Module):
   z        = concat_g z_g                                           [B, C_out]
   "scale":  out = sigmoid(z)                    in (0, 1)
   "offset": out = tanh(z) * bound_c             in (-|bound_c|, |bound_c|)
-  returned as [B, 1, 1, C_out] (x.dtype). Groups are contiguous channel blocks;
+  returned as [B, 1, 1, C_out] in float32 (or x's dtype if wider): the consumer casts it
+  with ``layers.cast_to_activation``, so its gradient is summed over (h, w) in float32. Groups are contiguous channel blocks;
   hidden = max(1, C_in // (G * reduction)).
 
   Params: ``reduce/kernel`` W1 [G, C_in/G, hidden], ``reduce/bias`` [G, hidden],
@@ -225,7 +226,7 @@ class GroupExcitation(nn.Module):
     else:
       bound = self.param("bound", nn.initializers.constant(self.bound_init), (c_out,))
       out = jnp.tanh(z) * bound
-    return out.reshape((s.shape[0],) + (1,) * (x.ndim - 2) + (c_out,)).astype(x.dtype)
+    return out.reshape((s.shape[0],) + (1,) * (x.ndim - 2) + (c_out,))
 
 
 class FeatureRefinement(layers.RPReLU):

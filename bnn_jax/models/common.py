@@ -92,7 +92,7 @@ def signed_conv(x: jax.Array, features: int, strides: int, *, presign: ModuleDef
                         standardize_weights=standardize_weights, dtype=dtype,
                         name=conv_name)(binary)
   if excitation is not None:
-    y = y * excitation(features=features, name=excitation_name)(x).astype(y.dtype)
+    y = y * layers.cast_to_activation(excitation(features=features, name=excitation_name)(x), y)
   return y
 
 
