@@ -7,7 +7,9 @@
 #   bash experiments/device_run.sh smoke      # imports, a 1-epoch --jobs run on a small slice
 #                                             # (teacher and student), the train-step benchmark
 #   JOBS=10 ABLATION_S=400 bash experiments/device_run.sh ablation
-#                                             # the proxy ablation, then full-recipe epoch times
+#                                             # the proxy ablation, then full-recipe epoch times;
+#                                             # ARMS="r18_bf16 m3_r18_ce" SEEDS="0 1 2" picks arms,
+#                                             # RECIPE_DTYPES= skips the full-recipe epochs
 #   bash experiments/device_run.sh bench      # the GPU-speed table (<= 5 min): trainer epochs
 #                                             # f32/bf16 x batch 256/512 against the PyTorch
 #                                             # twin (eager, compiled; fp32, bf16 autocast)
@@ -59,16 +61,16 @@ smoke)
 ablation)
   need_data; ls -la "$data"
   timeout -s TERM "${ABLATION_S:-400}" $PY experiments/proxy.py --data /tmp/c10.tar.gz \
-    --runs /tmp/runs --results /tmp/results_gpu --jobs "${JOBS:-8}" --seeds 0 1 --arms \
-    m2_fp m3_teacher_vgg_fp m3_r18_ce m3_r18_both m3_r18_semantic m3_r18_detail m3_vgg_ce \
-    m3_vgg_both m1_wreg_0.3_late m1_wreg_1.0_late m1_wreg_0.1_late m1_l2 m1_wreg_0.1 \
+    --runs /tmp/runs --results /tmp/results_gpu --jobs "${JOBS:-8}" --seeds ${SEEDS:-0 1} \
+    --arms ${ARMS:-m2_fp m3_teacher_vgg_fp m3_r18_ce m3_r18_both m3_r18_semantic m3_r18_detail \
+    m3_vgg_ce m3_vgg_both m1_wreg_0.3_late m1_wreg_1.0_late m1_wreg_0.1_late m1_l2 m1_wreg_0.1 \
     m1_wreg_0.3 m1_wreg_1.0 m1_cosmom m1_wreg_cosmom m1_bnfree_agc m1_bnfree_agc_wreg \
-    m2_bnn m2_all m2_reactnet_fda > "$out/ablation.log" 2>&1
+    m2_bnn m2_all m2_reactnet_fda} > "$out/ablation.log" 2>&1
   sleep 5  # the interrupted runs save their checkpoints
   tail -n 60 "$out/ablation.log"
   tar czf "$out/results_gpu.tgz" -C /tmp results_gpu
   (cd /tmp/runs && tar czf "$out/run_logs.tgz" ./*.log)
-  for dtype in float32 bfloat16; do
+  for dtype in ${RECIPE_DTYPES-float32 bfloat16}; do    # RECIPE_DTYPES= skips these epochs
     timeout 100 $PY train.py --config configs/reactnet18_cifar10.py \
       --workdir "/tmp/full_$dtype" --config.data.path=/tmp/c10.tar.gz --config.num_epochs=2 \
       --config.model.dtype=$dtype --config.progress_bar=False > "/tmp/full_$dtype.log" 2>&1
