@@ -92,3 +92,17 @@ def test_epoch_columns_and_gap_to_adam(tmp_path):
   fp = next(l for l in tables.table("epochs16", str(tmp_path)).splitlines()
             if l.startswith("| m2_fp "))
   assert fp.rstrip(" |").endswith("| - | - | -")
+
+
+def test_bf16_gradients_pools_cosines_per_parameter_kind():
+  import bf16_gradients   # noqa: E402 (experiments/ is on the path above)
+  import numpy as np
+  a = {"block1": {"threshold": {"bias": np.array([1.0, 0.0])}, "binary_kernel": np.ones(3)},
+       "block2": {"threshold": {"bias": np.array([0.0, 2.0])}, "binary_kernel": np.ones(3)}}
+  b = {"block1": {"threshold": {"bias": np.array([1.0, 0.0])}, "binary_kernel": -np.ones(3)},
+       "block2": {"threshold": {"bias": np.array([2.0, 0.0])}, "binary_kernel": -np.ones(3)}}
+  got = bf16_gradients.cosines(a, b)
+  assert set(got) == {"threshold/bias", "binary_kernel"}
+  # pooled over both blocks: a = (1, 0, 0, 2), b = (1, 0, 2, 0): cos = 1 / (sqrt 5 sqrt 5)
+  assert got["threshold/bias"] == pytest.approx(0.2)
+  assert got["binary_kernel"] == pytest.approx(-1.0)
