@@ -36,7 +36,7 @@ ABLATIONS = {
                    "m1_cosmom_fixed_t", "m1_project", "m1_cosmom_k0.3", "m1_cosmom_k3.0"],
     # what carries method 2's gain
     "method2_parts": ["m2_fp", "m2_bnn", "m2_mv", "m2_zp", "m2_mv_zp", "m2_ge", "m2_refine",
-                      "m2_no_mv", "m2_all"],
+                      "m2_no_mv", "m2_all", "m2_reactnet_fda", "m2_reactnet_fda_no_mv"],
     # the bfloat16 precision policy against float32 (docs/METHODS.md, "Numerics")
     "precision": ["m3_r18_ce", "r18_bf16"],
     # the 16-epoch proxy (python experiments/tables.py epochs16 --results
