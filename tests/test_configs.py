@@ -114,11 +114,12 @@ def test_fp_teacher_recipe():
 
 @pytest.mark.parametrize("options,model,components", [
     ("", "resnet18_bnn", None),
-    ("fda", "resnet18_fda", (True, True, True, True)),
+    ("fda", "resnet18_fda", (False, True, True, True)),
+    ("fda,mv,zp,ge,refine", "resnet18_fda", (True, True, True, True)),
     ("fda,mv", "resnet18_fda", (True, False, False, False)),
     ("fda,mv,zp", "resnet18_fda", (True, True, False, False)),
     ("fda,ge", "resnet18_fda", (False, False, True, False)),
-    ("fda,cifar100", "resnet18_fda", (True, True, True, True))])
+    ("fda,cifar100", "resnet18_fda", (False, True, True, True))])
 def test_resnet18_method2_options(options, model, components):
   c = load("resnet18_cifar10.py", options)
   config_lib.validate(c)
@@ -220,3 +221,16 @@ def test_load_file_and_set_key():
   # a file that imports a sibling config module (as under train.py)
   vgg = config_lib.load_file(os.path.join(CONFIG_DIR, "vgg_small_cifar10.py") + ":method3")
   assert vgg.distill.semantic_weight > 0
+
+
+@pytest.mark.parametrize("config_file,arm", [("resnet18_cifar10.py", "m2_no_mv"),
+                                             ("reactnet18_cifar10.py", "m2_reactnet_fda")])
+def test_fda_is_its_proxy_arm(config_file, arm):
+  """:fda builds the network of the proxy arm its default rests on (docs/RESULTS.md,
+  "Mechanisms: method 2"): ResNet-18 without mean-variance adjustment, ReActNet-18 with all
+  four components."""
+  model, options, overrides = proxy.ARMS[arm]
+  want = proxy.proxy_config("c.tar.gz", model, options, 0, overrides, runs="/r").model
+  got = load(config_file, "fda").model
+  assert got.name == want.name
+  assert got.options.to_dict() == want.options.to_dict()

@@ -81,7 +81,7 @@ def test_epoch_columns_and_gap_to_adam(tmp_path):
   """The 16-epoch table: top-1 after a given epoch, and the final gap to Adam's mean."""
   _write(tmp_path, "m3_r18_ce_s0", [0.1 * e for e in range(1, 17)][:16])
   accs = [0.1 * e + 0.02 for e in range(1, 17)]
-  _write(tmp_path, "m1_cosmom_s0", accs)
+  _write(tmp_path, "m1_cosmom_mu0_s0", accs)
   line = next(l for l in tables.table("epochs16", str(tmp_path)).splitlines()
               if l.startswith("| m1_cosmom "))
   cells = [c.strip() for c in line.strip("|").split("|")]
