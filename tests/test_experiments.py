@@ -83,7 +83,7 @@ def test_epoch_columns_and_gap_to_adam(tmp_path):
   accs = [0.1 * e + 0.02 for e in range(1, 17)]
   _write(tmp_path, "m1_cosmom_mu0_s0", accs)
   line = next(l for l in tables.table("epochs16", str(tmp_path)).splitlines()
-              if l.startswith("| m1_cosmom "))
+              if l.startswith("| m1_cosmom_mu0 "))
   cells = [c.strip() for c in line.strip("|").split("|")]
   assert cells[3] == "**162.00**" and cells[4] == "+2.00"          # 16 x 10 + 2; vs Adam 160
   assert cells[5:] == [f"{accs[3]:.2%}", f"{accs[7]:.2%}", f"{accs[11]:.2%}"]
