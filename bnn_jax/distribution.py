@@ -174,8 +174,8 @@ class GroupExcitation(nn.Module):
   "scale":  out = sigmoid(z)                    in (0, 1)
   "offset": out = tanh(z) * bound_c             in (-|bound_c|, |bound_c|)
   returned as [B, 1, 1, C_out] in float32 (or x's dtype if wider): the consumer casts it
-  with ``layers.cast_to_activation``, so its gradient is summed over (h, w) in float32. Groups are contiguous channel blocks;
-  hidden = max(1, C_in // (G * reduction)).
+  with ``layers.cast_to_activation``, so its gradient is summed over (h, w) in float32.
+  Groups are contiguous channel blocks; hidden = max(1, C_in // (G * reduction)).
 
   Params: ``reduce/kernel`` W1 [G, C_in/G, hidden], ``reduce/bias`` [G, hidden],
   ``expand/kernel`` W2 [G, hidden, C_out/G], ``expand/bias`` [G, C_out/G]

@@ -1,7 +1,8 @@
 """How far the bfloat16 policy moves a train step's gradient, against a control.
 
-For one real CIFAR-10 batch and one set of initial ReActNet-18 weights, the cosine between
-float32 gradients and three others, per kind of parameter (docs/METHODS.md, "Numerics"):
+For one real CIFAR-10 batch and one set of ReActNet-18 weights (initial, or a finished run's
+with --workdir), the cosine between float32 gradients and three others, per kind of parameter
+(docs/METHODS.md, "Numerics"):
 
   bf16          the bfloat16 policy (every activation bfloat16, float32 sums);
   bf16 sums     the same forward pass with the first policy's bfloat16 sums of per-channel
