@@ -83,6 +83,14 @@ ARMS = {
     # ... and the tail cut outright: |w| clipped to t + D (t = mean|w|, D as COSMOM's).
     "m1_project": ("reactnet18", {}, {"optim.tail_projection.enabled": True,
                                       "optim.tail_projection.width": 0.05}),
+    # ... and the latent scale shrunk with no target at all: decoupled weight decay on the
+    # latent binary weights (the W-regularizer with t = 0: step -lr * lambda * w). lambda = 2
+    # puts a random walk of Adam-sized steps (about half of lr, from m1_adam_blr10's growth)
+    # at mean|w| ~0.01, m1_cosmom_mu0's scale. Does any shrinking of the scale give the gain?
+    "m1_latent_decay": ("reactnet18", {}, {"optim.w_reg.enabled": True, "optim.w_reg.target": 0.0,
+                                           "optim.w_reg.power": 2, "optim.w_reg.strength": 2.0,
+                                           "optim.w_reg.placement": "decoupled",
+                                           "weight_target": "mean_abs"}),
     # Both transforms together (the W-regularizer at the CPU runs' best strength, late start).
     "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3, **COSMOM}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),

@@ -415,6 +415,16 @@ def test_weight_decays_hit_the_right_leaves():
   np.testing.assert_allclose(u["head"]["kernel"], -0.5 * 0.1 * 5.0, rtol=1e-6)
   np.testing.assert_array_equal(u["block1"]["BinaryConv_0"]["binary_kernel"], 0.0)
   np.testing.assert_array_equal(u["head"]["bias"], 0.0)
+  # The W-regularizer at t = 0, decoupled (the m1_latent_decay control): decoupled weight
+  # decay -lr * lambda * w on the latent binary weights only, whatever Adam makes of the grads.
+  latent = _tree(jnp.array([[0.03, -0.01], [0.0, 0.2], [-1.5, 0.5]]))
+  u = _one_update(_config(schedule="constant", lr=0.5, **{
+      "w_reg.enabled": True, "w_reg.target": 0.0, "w_reg.power": 2, "w_reg.strength": 2.0,
+      "w_reg.placement": "decoupled"}), latent)
+  w = latent["block1"]["BinaryConv_0"]["binary_kernel"]
+  np.testing.assert_allclose(u["block1"]["BinaryConv_0"]["binary_kernel"], -0.5 * 2.0 * w,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(u["head"]["kernel"], 0.0)
 
 
 def test_build_optimizer_w_reg_ramp_and_agc():
