@@ -1,5 +1,6 @@
 """Every config file loads, validates, and encodes the recipe its docstring states."""
 
+import functools
 import importlib.util
 import os
 import sys
@@ -15,7 +16,7 @@ import proxy  # noqa: E402  experiments/proxy.py: the ablation's arms, which the
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f != "__init__.py")
 REACTNET_OPTIONS = ("", "step1", "step2", "bnfree", "wreg", "cosmom", "method1", "cifar100",
                     "bnfree,method1", "bnfree,method1,cifar100", "method1,cifar100",
-                    "method1,wreg")
+                    "method1,wreg", "latent_decay", "bnfree,latent_decay")
 
 
 def load(name, options=None):
@@ -43,7 +44,9 @@ def test_reactnet18_options(options):
   opts = set(options.split(","))
   assert c.model.name == ("reactnet18_bnfree" if "bnfree" in opts else "reactnet18")
   assert c.model.options.binarize_weights == ("step1" not in opts)
-  assert c.optim.w_reg.enabled == ("wreg" in opts)
+  assert c.optim.w_reg.enabled == bool(opts & {"wreg", "latent_decay"})
+  assert c.optim.w_reg.target == (0.0 if "latent_decay" in opts else
+                                  "mean_abs" if "wreg" in opts else 1.0)
   assert c.optim.cosine_momentum.enabled == bool(opts & {"cosmom", "method1"})
   assert c.optim.agc_clip == (0.02 if "bnfree" in opts else 0.0)
   assert c.data.dataset == ("cifar100" if "cifar100" in opts else "cifar10")
@@ -53,11 +56,11 @@ def test_method1_turns_on_the_best_proxy_settings():
   """:method1 = the cosine momentum without velocity as in the proxy arm m1_cosmom_mu0, :cosmom
   the thesis' form as in m1_cosmom (docs/RESULTS.md, "Mechanisms"), :wreg the W-regularizer
   as in m1_wreg_0.3_late, the late start scaled from 2 + 1 of 4 epochs."""
-  for options, arm_name in (("cosmom", "m1_cosmom"), ("method1", "m1_cosmom_mu0")):
+  for options, arm_name in (("cosmom", "m1_cosmom"), ("method1", "m1_cosmom_mu0"),
+                            ("latent_decay", "m1_latent_decay")):
     c = load("reactnet18_cifar10.py", options)
     for key, value in proxy.ARMS[arm_name][2].items():
-      section, term, field = key.split(".")
-      assert c[section][term][field] == value, (options, key)
+      assert functools.reduce(lambda node, k: node[k], key.split("."), c) == value, (options, key)
   assert load("reactnet18_cifar10.py", "method1").optim.cosine_momentum.decay == 0.0
   assert load("reactnet18_cifar10.py", "cosmom").optim.cosine_momentum.decay == 0.9
   c = load("reactnet18_cifar10.py", "method1,wreg")
@@ -74,6 +77,8 @@ def test_method1_turns_on_the_best_proxy_settings():
     c.num_epochs = 40                                 # as --config.num_epochs=40
   assert optim.schedule_epochs(c.optim.w_reg, c.num_epochs) == (20.0, 10.0)
   optim.build_optimizer(c, steps_per_epoch=10)  # builds with both on
+  with pytest.raises(ValueError, match="pick one"):
+    load("reactnet18_cifar10.py", "wreg,latent_decay")
   assert not load("reactnet18_cifar10.py", "method1").optim.w_reg.enabled
 
 
