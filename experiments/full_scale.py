@@ -80,7 +80,8 @@ RESNET = "configs/resnet18_cifar10.py"
 VGG = "configs/vgg_small_cifar10.py"
 # Priority order (issue 23): ReActNet-18 plain and method 1; ResNet-18 FP (the teacher and the
 # FP reference); ReActNet-18 method 3; BN-free and BN-free + method 1; ResNet-18 BNN and method
-# 2; ReActNet-18 method 2; VGG-Small FP, BNN and method 3; then seed 1 of the first pair.
+# 2; ReActNet-18 method 2; VGG-Small FP, BNN and method 3; then seed 1 of the first pair; then
+# the latent-weight-decay control of method 1 (docs/RESULTS.md, "Mechanisms").
 QUEUE = (
     Run("reactnet18", R18, "reactnet18"),
     Run("reactnet18_m1", f"{R18}:method1", "reactnet18"),
@@ -96,6 +97,7 @@ QUEUE = (
     Run("vgg_small_m3", f"{VGG}:method3", "vgg_small_m3", teacher="vgg_small_fp"),
     Run("reactnet18_s1", R18, "reactnet18", seed=1),
     Run("reactnet18_m1_s1", f"{R18}:method1", "reactnet18", seed=1),
+    Run("reactnet18_latent_decay", f"{R18}:latent_decay", "reactnet18"),
 )
 RUNS = {r.name: r for r in QUEUE}
 

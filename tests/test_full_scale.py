@@ -43,7 +43,8 @@ def test_queue_is_the_issues_order_of_valid_configs():
   assert [r.name for r in fs.QUEUE] == [
       "reactnet18", "reactnet18_m1", "resnet18_fp", "reactnet18_m3", "reactnet18_bnfree",
       "reactnet18_bnfree_m1", "resnet18_bnn", "resnet18_fda", "reactnet18_fda", "vgg_small_fp",
-      "vgg_small_bnn", "vgg_small_m3", "reactnet18_s1", "reactnet18_m1_s1"]
+      "vgg_small_bnn", "vgg_small_m3", "reactnet18_s1", "reactnet18_m1_s1",
+      "reactnet18_latent_decay"]
   models = []
   for run in fs.QUEUE:
     c = fs.load_config(run.config)
@@ -80,10 +81,10 @@ def test_dry_run_prints_the_plan_in_order(tmp_path, capsys):
   args = ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
   assert fs.main(["--dry-run", *args]) == 0
   out = capsys.readouterr().out
-  rows = [line.split()[1] for line in out.splitlines()[2:16]]
+  rows = [line.split()[1] for line in out.splitlines()[2:2 + len(fs.QUEUE)]]
   assert rows == [r.name for r in fs.QUEUE]
   total = sum(_cost(r.name) for r in fs.QUEUE)
-  assert f"Total: 14 job(s), {total / 60:.1f} minutes expected." in out
+  assert f"Total: {len(fs.QUEUE)} job(s), {total / 60:.1f} minutes expected." in out
   assert fs.main(["--dry-run", "--seconds", "700", *args]) == 0
   out = capsys.readouterr().out
   assert " 1  reactnet18             run       256/256    2.25    11.3        0.0-11.3" in out
