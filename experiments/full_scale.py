@@ -97,7 +97,7 @@ QUEUE = (
     Run("vgg_small_m3", f"{VGG}:method3", "vgg_small_m3", teacher="vgg_small_fp"),
     Run("reactnet18_s1", R18, "reactnet18", seed=1),
     Run("reactnet18_m1_s1", f"{R18}:method1", "reactnet18", seed=1),
-    Run("reactnet18_latent_decay", f"{R18}:latent_decay", "reactnet18"),
+    Run("reactnet18_decay", f"{R18}:latent_decay", "reactnet18"),
 )
 RUNS = {r.name: r for r in QUEUE}
 

@@ -44,7 +44,7 @@ def test_queue_is_the_issues_order_of_valid_configs():
       "reactnet18", "reactnet18_m1", "resnet18_fp", "reactnet18_m3", "reactnet18_bnfree",
       "reactnet18_bnfree_m1", "resnet18_bnn", "resnet18_fda", "reactnet18_fda", "vgg_small_fp",
       "vgg_small_bnn", "vgg_small_m3", "reactnet18_s1", "reactnet18_m1_s1",
-      "reactnet18_latent_decay"]
+      "reactnet18_decay"]
   models = []
   for run in fs.QUEUE:
     c = fs.load_config(run.config)
