@@ -51,6 +51,9 @@ LATE = {"optim.w_reg.start_epochs": 2.0, "optim.w_reg.ramp_epochs": 1.0}
 COSMOM = {"optim.cosine_momentum.enabled": True, "optim.cosine_momentum.target": "mean_abs",
           "optim.cosine_momentum.placement": "decoupled", "optim.cosine_momentum.strength": 1.0,
           "optim.cosine_momentum.width": 0.05}
+# decoupled weight decay on the latent binary weights: the W-regularizer at t = 0
+DECAY = {"optim.w_reg.enabled": True, "optim.w_reg.target": 0.0, "optim.w_reg.power": 2,
+         "optim.w_reg.placement": "decoupled", "weight_target": "mean_abs"}
 TEACHER_R18 = {"teacher.workdir": "{runs}/m2_fp_s0"}
 TEACHER_VGG = {"teacher.workdir": "{runs}/m3_teacher_vgg_fp_s0"}
 SEMANTIC = {"distill.semantic_weight": 1.0}
@@ -87,10 +90,10 @@ ARMS = {
     # latent binary weights (the W-regularizer with t = 0: step -lr * lambda * w). lambda = 2
     # puts a random walk of Adam-sized steps (about half of lr, from m1_adam_blr10's growth)
     # at mean|w| ~0.01, m1_cosmom_mu0's scale. Does any shrinking of the scale give the gain?
-    "m1_latent_decay": ("reactnet18", {}, {"optim.w_reg.enabled": True, "optim.w_reg.target": 0.0,
-                                           "optim.w_reg.power": 2, "optim.w_reg.strength": 2.0,
-                                           "optim.w_reg.placement": "decoupled",
-                                           "weight_target": "mean_abs"}),
+    "m1_latent_decay": ("reactnet18", {}, {**DECAY, "optim.w_reg.strength": 2.0}),
+    # ... and its dose: a scale about twice and half as large (std ~ 1 / sqrt(lambda))
+    **{f"m1_latent_decay{lam}": ("reactnet18", {}, {**DECAY, "optim.w_reg.strength": lam})
+       for lam in (0.5, 8.0)},
     # Both transforms together (the W-regularizer at the CPU runs' best strength, late start).
     "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3, **COSMOM}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),
