@@ -105,7 +105,7 @@ def latent_decay(c) -> None:
   """Decoupled weight decay on the latent binary weights only: the W-regularizer at t = 0,
   step -lr(step) * 2 * w after Adam's (docs/METHODS.md, "Latent weight decay"). lambda = 2
   settles the proxy's latent scale near method1's (mean|w| ~0.01); on the proxy it ended at
-  69.22% against 68.77% for method1 and 65.24% for Adam (one seed; docs/RESULTS.md,
+  69.30% against 68.77% for method1 and 65.24% for Adam (seeds 0-1; docs/RESULTS.md,
   "Mechanisms"). Weight statistics are logged against mean|w|, not t = 0."""
   w = c.optim.w_reg
   w.enabled = True
