@@ -124,7 +124,7 @@ ARMS = {
     # ReActNet-18 with all four (the thesis names it for the same 0.40-point gap); its BNN
     # baseline is m3_r18_ce, its full-precision reference m2_fp.
     "m2_reactnet_fda": ("reactnet18_fda", {}, {}),
-    # ... and without mean-variance adjustment (on ResNet-18 it cost 4 points: m2_no_mv)
+    # ... and without mean-variance adjustment (on ResNet-18 it cost 5 points: m2_no_mv)
     "m2_reactnet_fda_no_mv": ("reactnet18_fda", {"mean_variance": False}, {}),
     # Method 3 (deep and shallow feature enhancement) and the VGG teacher.
     "m3_teacher_vgg_fp": ("vgg_small_fp", {}, {}),
