@@ -4,8 +4,8 @@ Options after a colon, comma-separated:
   (none)    binary ResNet-18, the baseline of the method-2 table
   fda       + feature distribution adjustment (docs/METHODS.md, "Method 2"): zero point,
             group excitation and refinement, without mean-variance adjustment, which cost
-            4 points on the CPU proxy (docs/RESULTS.md, "Mechanisms: method 2"; proxy arm
-            m2_no_mv); or only the components named among (fda,mv,zp,ge,refine: all four,
+            5 points on the CPU proxy (docs/RESULTS.md, "Mechanisms: method 2"; proxy arm
+            m2_no_mv; refinement alone, fda,refine, did as well); or only the components named among (fda,mv,zp,ge,refine: all four,
             the thesis' form)
   mv        mean-variance adjustment (per-sample statistics over H, W per channel)
   zp        optimized zero point of each sign
