@@ -5,8 +5,8 @@ Options after a colon, comma-separated:
   fda       + feature distribution adjustment (docs/METHODS.md, "Method 2"): zero point,
             group excitation and refinement, without mean-variance adjustment, which cost
             5 points on the CPU proxy (docs/RESULTS.md, "Mechanisms: method 2"; proxy arm
-            m2_no_mv; refinement alone, fda,refine, did as well); or only the components named among (fda,mv,zp,ge,refine: all four,
-            the thesis' form)
+            m2_no_mv; refinement alone, fda,refine, did as well); or only the components
+            named among (fda,mv,zp,ge,refine: all four, the thesis' form)
   mv        mean-variance adjustment (per-sample statistics over H, W per channel)
   zp        optimized zero point of each sign
   ge        group excitation scales on each binary conv output (G = 4, r = 4)
