@@ -2,12 +2,16 @@
 
   python experiments/tables.py method2      # or method1, method3, mechanisms, method2_parts
   python experiments/tables.py epochs16 --results experiments/results_16ep
+  python experiments/tables.py steps --plot docs/img/mechanisms_steps.png
 
 Each row: the arm, its seeds, test top-1 after every epoch (mean over seeds), the final test
 top-1 (mean, and the range over seeds), and the ablation's own columns (method 2: gap to
 the full-precision arm and mean activation entropy; method 1: quantization error, flip
 ratio, tail fraction; method 3: the distillation terms of the last epoch). Arms without a
 finished run show "(not run yet)".
+
+``steps`` sets each method-1 mechanism arm's gain over Adam against the step its signs feel
+(``relative_step``), ordered by that step, and ``--plot`` draws it.
 """
 
 from __future__ import annotations
@@ -134,13 +138,86 @@ def table(ablation: str, results: str = RESULTS) -> str:
   return "\n".join(lines)
 
 
+def _lr_multiplier(arm: str, seed: int, results: str) -> float:
+  """``optim.binary_lr_multiplier`` of a finished run (1 where its config predates it)."""
+  with open(os.path.join(results, f"{arm}_s{seed}", "config.json")) as f:
+    return json.load(f)["optim"].get("binary_lr_multiplier", 1.0)
+
+
+def relative_step(arm: str, ref_mean_abs: float, results: str = RESULTS) -> list[float]:
+  """Per seed: lr_mult x mean|w|_Adam / mean|w|_arm (final overall mean|w| of the latent weights).
+
+  Adam's step on a weight is about lr x lr_mult whatever its size, so the step a sign feels,
+  relative to the latent scale, is that over mean|w| (docs/RESULTS.md, "Mechanisms").
+  """
+  return [_lr_multiplier(arm, seed, results) * ref_mean_abs / h[-1]["weights/overall/mean_abs"]
+          for seed, h in runs_of(arm, results)]
+
+
+def steps(results: str = RESULTS, reference: str = "m3_r18_ce") -> list[dict]:
+  """The mechanism arms with a finished run: relative step and gain in top-1 over the reference
+  (means over seeds, with the seeds' range of the gain), ordered by relative step."""
+  ref = runs_of(reference, results)
+  if not ref:
+    raise SystemExit(f"steps: no finished run of the reference arm {reference!r} in {results}")
+  ref_acc = statistics.mean(100 * h[-1]["test/accuracy"] for _, h in ref)
+  ref_abs = statistics.mean(h[-1]["weights/overall/mean_abs"] for _, h in ref)
+  out = []
+  for arm in ABLATIONS["mechanisms"]:
+    runs = runs_of(arm, results)
+    if arm == reference or not runs:
+      continue
+    gains = [100 * h[-1]["test/accuracy"] - ref_acc for _, h in runs]
+    out.append({"arm": arm, "seeds": [s for s, _ in runs],
+                "step": statistics.mean(relative_step(arm, ref_abs, results)),
+                "gain": statistics.mean(gains), "low": min(gains), "high": max(gains)})
+  return sorted(out, key=lambda r: r["step"])
+
+
+def steps_table(rows: list[dict]) -> str:
+  lines = ["| arm | seeds | relative step (x Adam's) | vs Adam (points, range) |", "|---|---|---|---|"]
+  for r in rows:
+    spread = f" ({r['low']:+.2f} to {r['high']:+.2f})" if len(r["seeds"]) > 1 else ""
+    lines.append(f"| {r['arm']} | {', '.join(map(str, r['seeds']))} | {r['step']:.1f} | "
+                 f"{r['gain']:+.2f}{spread} |")
+  return "\n".join(lines)
+
+
+def plot_steps(rows: list[dict], path: str) -> None:
+  """Gain over Adam against relative step (log x), the seeds' range as error bars."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for r in rows:
+    ax.errorbar(r["step"], r["gain"], yerr=[[r["gain"] - r["low"]], [r["high"] - r["gain"]]],
+                fmt="o", capsize=3)
+    ax.annotate(r["arm"].removeprefix("m1_"), (r["step"], r["gain"]), textcoords="offset points",
+                xytext=(5, 4), fontsize=8)
+  ax.axhline(0.0, color="grey", lw=0.8)
+  ax.set_xscale("log")
+  ax.set_xlabel("step relative to the latent scale, x Adam's (lr_mult x mean|w|_Adam / mean|w|)")
+  ax.set_ylabel("final test top-1 - Adam's (points)")
+  ax.set_title("Method-1 mechanism arms, ReActNet-18 proxy (4 epochs)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("ablation", choices=sorted(ABLATIONS))
+  parser.add_argument("ablation", choices=sorted(ABLATIONS) + ["steps"])
   parser.add_argument("--results", default=RESULTS)
+  parser.add_argument("--plot", help="steps only: write the picture here (PNG)")
   args = parser.parse_args(argv)
-  print(table(args.ablation, args.results))
+  if args.ablation == "steps":
+    rows = steps(args.results)
+    print(steps_table(rows))
+    if args.plot:
+      plot_steps(rows, args.plot)
+  else:
+    print(table(args.ablation, args.results))
 
 
 if __name__ == "__main__":
