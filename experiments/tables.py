@@ -46,7 +46,8 @@ ABLATIONS = {
     "precision": ["m3_r18_ce", "r18_bf16"],
     # the 16-epoch proxy (python experiments/tables.py epochs16 --results
     # experiments/results_16ep)
-    "epochs16": ["m3_r18_ce", "m1_cosmom_mu0", "m2_fp", "m3_r18_both", "m2_reactnet_fda"],
+    "epochs16": ["m3_r18_ce", "m1_cosmom_mu0", "m1_latent_decay", "m2_fp", "m3_r18_both",
+                 "m2_reactnet_fda"],
 }
 # A column against another arm's mean final top-1: (arm, header, sign of this - that).
 GAP = {"method2": ("m2_fp", "gap to FP (points)", -1),
