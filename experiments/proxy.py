@@ -131,6 +131,10 @@ ARMS = {
     "m3_r18_semantic": ("reactnet18", {}, {**TEACHER_R18, **SEMANTIC}),
     "m3_r18_detail": ("reactnet18", {}, {**TEACHER_R18, **DETAIL}),
     "m3_r18_both": ("reactnet18", {}, {**TEACHER_R18, **SEMANTIC, **DETAIL}),
+    # Do methods 1 and 3 add? Distillation leaves the latent scale where Adam has it (mean|w|
+    # 0.084 against 0.079 at epoch 12 of the 16-epoch proxy), so latent decay may stack on it.
+    "m13_r18_both_decay": ("reactnet18", {}, {**TEACHER_R18, **SEMANTIC, **DETAIL, **DECAY,
+                                              "optim.w_reg.strength": 2.0}),
     "m3_vgg_ce": ("vgg_small_bnn", {}, {}),
     "m3_vgg_both": ("vgg_small_bnn", {}, {**TEACHER_VGG, **SEMANTIC, **DETAIL}),
     # VGG-Small's penultimate vector is its flattened last map, which the cosine term did not

@@ -1,6 +1,6 @@
 """Builds the ablation tables of docs/RESULTS.md from experiments/results/<arm>_s<seed>/.
 
-  python experiments/tables.py method2      # or method1, method3, mechanisms, method2_parts
+  python experiments/tables.py method2   # or method1, method3, mechanisms, method2_parts, stacking
   python experiments/tables.py epochs16 --results experiments/results_16ep
   python experiments/tables.py steps --plot docs/img/mechanisms_steps.png
 
@@ -42,6 +42,8 @@ ABLATIONS = {
     # what carries method 2's gain
     "method2_parts": ["m2_fp", "m2_bnn", "m2_mv", "m2_zp", "m2_mv_zp", "m2_ge", "m2_refine",
                       "m2_no_mv", "m2_all", "m2_reactnet_fda", "m2_reactnet_fda_no_mv"],
+    # do methods 1 and 3 add (latent decay under distillation)?
+    "stacking": ["m3_r18_ce", "m1_latent_decay", "m3_r18_both", "m13_r18_both_decay"],
     # the bfloat16 precision policy against float32 (docs/METHODS.md, "Numerics")
     "precision": ["m3_r18_ce", "r18_bf16"],
     # the 16-epoch proxy (python experiments/tables.py epochs16 --results
@@ -52,7 +54,8 @@ ABLATIONS = {
 # A column against another arm's mean final top-1: (arm, header, sign of this - that).
 GAP = {"method2": ("m2_fp", "gap to FP (points)", -1),
        "method2_parts": ("m2_fp", "gap to FP (points)", -1),
-       "epochs16": ("m3_r18_ce", "vs Adam (points)", +1)}
+       "epochs16": ("m3_r18_ce", "vs Adam (points)", +1),
+       "stacking": ("m3_r18_ce", "vs Adam (points)", +1)}
 EXTRA = {
     "method1": [("e_q", "weights/overall/quant_error", "{:.3f}"),
                 ("flip ratio", "weights/overall/flip_ratio", "{:.4f}"),
@@ -70,6 +73,7 @@ EXTRA = {
                    ("flips ep 4", "weights/overall/flip_ratio", "{:.4f}"),
                    ("e_q", "weights/overall/quant_error", "{:.3f}")],
     "method2_parts": [("entropy (bits)", "balance/overall/entropy", "{:.3f}")],
+    "stacking": [("mean abs w", "weights/overall/mean_abs", "{:.4f}")],
     "precision": [("train loss", "train/loss", "{:.3f}"),
                   ("epoch s", "epoch_seconds", "{:.0f}"),
                   ("e_q", "weights/overall/quant_error", "{:.3f}")],
