@@ -41,10 +41,10 @@ def _cost(name: str, epochs: int = None) -> float:
 
 def test_queue_is_the_issues_order_of_valid_configs():
   assert [r.name for r in fs.QUEUE] == [
-      "reactnet18", "reactnet18_m1", "resnet18_fp", "reactnet18_m3", "reactnet18_bnfree",
-      "reactnet18_bnfree_m1", "resnet18_bnn", "resnet18_fda", "reactnet18_fda", "vgg_small_fp",
-      "vgg_small_bnn", "vgg_small_m3", "reactnet18_s1", "reactnet18_m1_s1",
-      "reactnet18_decay"]
+      "reactnet18", "reactnet18_m1", "reactnet18_decay", "resnet18_fp", "reactnet18_m3",
+      "reactnet18_bnfree", "reactnet18_bnfree_m1", "resnet18_bnn", "resnet18_fda",
+      "reactnet18_fda", "vgg_small_fp", "vgg_small_bnn", "vgg_small_m3", "reactnet18_s1",
+      "reactnet18_m1_s1"]
   models = []
   for run in fs.QUEUE:
     c = fs.load_config(run.config)
@@ -57,8 +57,8 @@ def test_queue_is_the_issues_order_of_valid_configs():
     assert c.teacher.workdir == (f"/machine/runs/{run.teacher}" if run.teacher else "")
     assert bool(run.teacher) == bool(c.distill.semantic_weight)
     assert fs.is_full_precision(run) == run.name.endswith("_fp")
-  assert models[:4] == ["reactnet18", "reactnet18", "resnet18_fp", "reactnet18"]
-  assert models[4:12] == ["reactnet18_bnfree", "reactnet18_bnfree", "resnet18_bnn",
+  assert models[:5] == ["reactnet18", "reactnet18", "reactnet18", "resnet18_fp", "reactnet18"]
+  assert models[5:13] == ["reactnet18_bnfree", "reactnet18_bnfree", "resnet18_bnn",
                           "resnet18_fda", "reactnet18_fda", "vgg_small_fp", "vgg_small_bnn",
                           "vgg_small_bnn"]
   assert (EPOCHS["reactnet18"], EPOCHS["resnet18_fp"], EPOCHS["vgg_small_bnn"]) == (256, 200, 300)
