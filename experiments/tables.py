@@ -149,14 +149,13 @@ def _lr_multiplier(arm: str, seed: int, results: str) -> float:
     return json.load(f)["optim"].get("binary_lr_multiplier", 1.0)
 
 
-def relative_step(arm: str, ref_mean_abs: float, results: str = RESULTS) -> list[float]:
-  """Per seed: lr_mult x mean|w|_Adam / mean|w|_arm (final overall mean|w| of the latent weights).
+def relative_step(lr_multiplier: float, ref_mean_abs: float, mean_abs: float) -> float:
+  """lr_mult x mean|w|_Adam / mean|w|_arm (final overall mean|w| of the latent weights).
 
   Adam's step on a weight is about lr x lr_mult whatever its size, so the step a sign feels,
   relative to the latent scale, is that over mean|w| (docs/RESULTS.md, "Mechanisms").
   """
-  return [_lr_multiplier(arm, seed, results) * ref_mean_abs / h[-1]["weights/overall/mean_abs"]
-          for seed, h in runs_of(arm, results)]
+  return lr_multiplier * ref_mean_abs / mean_abs
 
 
 def steps(results: str = RESULTS, reference: str = "m3_r18_ce") -> list[dict]:
@@ -173,8 +172,9 @@ def steps(results: str = RESULTS, reference: str = "m3_r18_ce") -> list[dict]:
     if arm == reference or not runs:
       continue
     gains = [100 * h[-1]["test/accuracy"] - ref_acc for _, h in runs]
-    out.append({"arm": arm, "seeds": [s for s, _ in runs],
-                "step": statistics.mean(relative_step(arm, ref_abs, results)),
+    step = [relative_step(_lr_multiplier(arm, seed, results), ref_abs,
+                          h[-1]["weights/overall/mean_abs"]) for seed, h in runs]
+    out.append({"arm": arm, "seeds": [s for s, _ in runs], "step": statistics.mean(step),
                 "gain": statistics.mean(gains), "low": min(gains), "high": max(gains)})
   return sorted(out, key=lambda r: r["step"])
 
