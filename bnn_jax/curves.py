@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from bnn_jax import plotting
+
 METRICS_FILE = "metrics.jsonl"   # = bnn_jax.checkpoints.METRICS_FILE (not imported: no orbax)
 DEFAULT_METRIC = "test/accuracy"
 DEFAULT_GROUP_BY = r"^(.*?)(?:_s\d+)?$"
@@ -161,14 +163,8 @@ def collect(paths: Sequence[str], metric: str = DEFAULT_METRIC,
 def plot(arms: dict[str, ArmCurve], path: str, metric: str = DEFAULT_METRIC,
          title: str = "") -> None:
   """Writes the PNG: per arm the mean line (markers at its epochs) and the min-max band."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-  except ImportError:
-    raise CurvesError("--curves needs matplotlib: pip install 'bnn_jax[plot]' "
-                      "(or pip install matplotlib).") from None
+  plt = plotting.pyplot("--curves", CurvesError)
+  import matplotlib.ticker  # present once pyplot imported
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   for c in arms.values():
     seeds = int(c.n.max())

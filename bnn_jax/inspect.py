@@ -65,7 +65,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from bnn_jax import checkpoints, weight_stats
+from bnn_jax import checkpoints, plotting, weight_stats
 from bnn_jax import curves as curves_lib
 
 PROG = "bnn_jax.inspect"
@@ -359,13 +359,7 @@ def plot_histograms(params: Any, path: str, target: float = 1.0, title: str = ""
   Returns the number of panels. The PNG's ``Description`` text chunk records
   ``panels=N`` and the layer names.
   """
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    raise InspectError("--plot needs matplotlib: pip install 'bnn_jax[plot]' "
-                       "(or pip install matplotlib).") from None
+  plt = plotting.pyplot("--plot", InspectError)
   layers = weight_stats._binary_leaves(params)  # the same leaves the statistics use
   if not layers:
     raise InspectError("--plot: the checkpoint has no binary layers (no binary_kernel).")

@@ -190,9 +190,8 @@ def steps_table(rows: list[dict]) -> str:
 
 def plot_steps(rows: list[dict], path: str) -> None:
   """Gain over Adam against relative step (log x), the seeds' range as error bars."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from bnn_jax import plotting  # here, so the tables themselves need the standard library only
+  plt = plotting.pyplot("--plot", SystemExit)
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for r in rows:
     ax.errorbar(r["step"], r["gain"], yerr=[[r["gain"] - r["low"]], [r["high"] - r["gain"]]],

@@ -144,3 +144,12 @@ def test_cli_errors_are_one_line(runs, tmp_path, capsys):
   assert "several go with --curves" in error(runs[:2])
   assert "go with --curves" in error([runs[0], "--metric", "test/loss"])
   assert not os.path.exists(png)
+
+
+def test_missing_matplotlib_is_a_clear_user_error(runs, tmp_path, monkeypatch, capsys):
+  # sys.modules[name] = None makes `import name` raise ImportError, as on a machine without it.
+  monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+  rc = inspect_cli.main(["--curves", str(tmp_path / "c.png"), *runs])
+  err = capsys.readouterr().err
+  assert rc == 2 and not (tmp_path / "c.png").exists()
+  assert "--curves needs matplotlib" in err and "pip install 'bnn_jax[plot]'" in err
