@@ -94,6 +94,14 @@ ARMS = {
     # ... and its dose: a scale about twice and half as large (std ~ 1 / sqrt(lambda))
     **{f"m1_latent_decay{lam}": ("reactnet18", {}, {**DECAY, "optim.w_reg.strength": lam})
        for lam in (0.5, 8.0)},
+    # ... and the scale capped with no pull and no decay: Adam with every latent binary weight
+    # clipped to |w| <= c after each step (BinaryConnect's clip, here at c = 0.014 instead of
+    # 1: the tail projection with t = 0, D = c). A uniform fill of the box gives mean|w| = c/2,
+    # weights piled at the walls up to c: a relative step of about 4-6x, the peak of the
+    # decay and cosine-momentum arms (docs/RESULTS.md, "Mechanisms").
+    "m1_clip0.014": ("reactnet18", {}, {"optim.tail_projection.enabled": True,
+                                        "optim.tail_projection.target": 0.0,
+                                        "optim.tail_projection.width": 0.014}),
     # Both transforms together (the W-regularizer at the CPU runs' best strength, late start).
     "m1_wreg_cosmom": ("reactnet18", {}, {**WREG, **LATE, "optim.w_reg.strength": 0.3, **COSMOM}),
     "m1_bnfree_agc": ("reactnet18_bnfree", {}, {"optim.agc_clip": 0.02}),

@@ -38,7 +38,7 @@ ABLATIONS = {
     # what carries method 1's gain (docs/RESULTS.md, "Mechanisms")
     "mechanisms": ["m3_r18_ce", "m1_adam_blr3", "m1_adam_blr10", "m1_cosmom", "m1_cosmom_mu0",
                    "m1_cosmom_fixed_t", "m1_project", "m1_latent_decay0.5", "m1_latent_decay",
-                   "m1_latent_decay8.0", "m1_cosmom_k0.3", "m1_cosmom_k3.0"],
+                   "m1_latent_decay8.0", "m1_cosmom_k0.3", "m1_cosmom_k3.0", "m1_clip0.014"],
     # what carries method 2's gain
     "method2_parts": ["m2_fp", "m2_bnn", "m2_mv", "m2_zp", "m2_mv_zp", "m2_ge", "m2_refine",
                       "m2_no_mv", "m2_all", "m2_reactnet_fda", "m2_reactnet_fda_no_mv"],

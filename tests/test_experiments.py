@@ -128,3 +128,23 @@ def test_bf16_gradients_pools_cosines_per_parameter_kind():
   # pooled over both blocks: a = (1, 0, 0, 2), b = (1, 0, 2, 0): cos = 1 / (sqrt 5 sqrt 5)
   assert got["threshold/bias"] == pytest.approx(0.2)
   assert got["binary_kernel"] == pytest.approx(-1.0)
+
+
+def test_clip_arm_keeps_every_latent_binary_weight_in_its_box():
+  """m1_clip0.014 is the tail projection at t = 0: |w| <= 0.014 on binary kernels only."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from bnn_jax import optim
+
+  model, options, overrides = proxy.ARMS["m1_clip0.014"]
+  c = proxy.proxy_config("cifar.tar.gz", model, options, 0, overrides, runs="/r")
+  tx, _ = optim.build_optimizer(c, steps_per_epoch=10)
+  params = {"conv": {"binary_kernel": jnp.array([[0.05, -0.03], [0.001, 0.0]]),
+                     "kernel": jnp.array([0.05, -0.03])}}
+  state = tx.init(params)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  new = optax.apply_updates(params, tx.update(zero, state, params)[0])
+  # a zero gradient: only the clip acts, at 0.014 whatever the channel's mean|w|
+  assert jnp.allclose(new["conv"]["binary_kernel"], jnp.array([[0.014, -0.014], [0.001, 0.0]]))
+  assert jnp.array_equal(new["conv"]["kernel"], params["conv"]["kernel"])
