@@ -25,6 +25,12 @@ experiments/results_16ep (tables.py --results experiments/results_16ep):
 
   python experiments/proxy.py --data ../shared/data/cifar-10-binary.tar.gz --epochs 16 \
       --arms m3_r18_ce --seeds 0
+
+On a CPU that runs for hours across sessions, ``experiments/proxy_queue.sh NAME`` takes jobs
+("EPOCHS ARM SEED" per line) from runs/NAME.txt one at a time, niced; SIGTERM to it checkpoints
+the running job and puts its line back at the front (two queues side by side on 2 cores):
+
+  nohup experiments/proxy_queue.sh q4 > runs/q4.out 2>&1 &
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,3 +151,37 @@ def test_clip_arm_keeps_every_latent_binary_weight_in_its_box():
   # a zero gradient: only the clip acts, at 0.014 whatever the channel's mean|w|
   assert jnp.allclose(new["conv"]["binary_kernel"], jnp.array([[0.014, -0.014], [0.001, 0.0]]))
   assert jnp.array_equal(new["conv"]["kernel"], params["conv"]["kernel"])
+
+
+QUEUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                     "proxy_queue.sh")
+
+
+def test_proxy_queue_runs_every_line_in_order_and_logs_each_exit_status(tmp_path):
+  (tmp_path / "q.txt").write_text("4 no_such_arm 0\n4 no_such_arm 1\n")
+  done = subprocess.run(["bash", QUEUE, "q"], env=dict(os.environ, QUEUE_DIR=str(tmp_path)),
+                        timeout=120)
+  assert done.returncode == 0 and (tmp_path / "q.txt").read_text() == ""
+  events = [line.split(" ", 1)[1] for line in (tmp_path / "q.log").read_text().splitlines()]
+  assert events == ["start 4 no_such_arm 0", "end 4 no_such_arm 0 rc=2",  # argparse: bad arm
+                    "start 4 no_such_arm 1", "end 4 no_such_arm 1 rc=2",
+                    f"{tmp_path}/q.txt is empty"]
+  assert "invalid choice: 'no_such_arm'" in (tmp_path / "no_such_arm_s1_4ep.log").read_text()
+
+
+def test_sigterm_puts_the_running_job_back_at_the_front_of_the_queue(tmp_path):
+  (tmp_path / "q.txt").write_text("4 m3_r18_ce 7\n4 m3_r18_ce 8\n")
+  # The job's log is a FIFO with no reader, so its shell blocks opening it: the job is still
+  # running, deterministically, when the queue gets SIGTERM.
+  os.mkfifo(tmp_path / "m3_r18_ce_s7_4ep.log")
+  queue = subprocess.Popen(["bash", QUEUE, "q"], env=dict(os.environ, QUEUE_DIR=str(tmp_path)))
+  log = tmp_path / "q.log"
+  deadline = time.time() + 60
+  while not (log.exists() and "start 4 m3_r18_ce 7" in log.read_text()):
+    assert time.time() < deadline and queue.poll() is None
+    time.sleep(0.05)
+  queue.send_signal(signal.SIGTERM)
+  assert queue.wait(timeout=30) == 143
+  assert (tmp_path / "q.txt").read_text() == "4 m3_r18_ce 7\n4 m3_r18_ce 8\n"
+  assert log.read_text().splitlines()[-1].endswith(
+      f"stopped 4 m3_r18_ce 7 (back at the front of {tmp_path}/q.txt)")
