@@ -174,17 +174,22 @@ def steps(results: str = RESULTS, reference: str = "m3_r18_ce") -> list[dict]:
     gains = [100 * h[-1]["test/accuracy"] - ref_acc for _, h in runs]
     step = [relative_step(_lr_multiplier(arm, seed, results), ref_abs,
                           h[-1]["weights/overall/mean_abs"]) for seed, h in runs]
+    flips = [h[-1]["weights/overall/flip_ratio"] for _, h in runs
+             if "weights/overall/flip_ratio" in h[-1]]
     out.append({"arm": arm, "seeds": [s for s, _ in runs], "step": statistics.mean(step),
-                "gain": statistics.mean(gains), "low": min(gains), "high": max(gains)})
+                "gain": statistics.mean(gains), "low": min(gains), "high": max(gains),
+                "flips": statistics.mean(flips) if flips else None})
   return sorted(out, key=lambda r: r["step"])
 
 
 def steps_table(rows: list[dict]) -> str:
-  lines = ["| arm | seeds | relative step (x Adam's) | vs Adam (points, range) |", "|---|---|---|---|"]
+  lines = ["| arm | seeds | relative step (x Adam's) | flips, last epoch | "
+           "vs Adam (points, range) |", "|---|---|---|---|---|"]
   for r in rows:
     spread = f" ({r['low']:+.2f} to {r['high']:+.2f})" if len(r["seeds"]) > 1 else ""
+    flips = "-" if r["flips"] is None else f"{r['flips']:.4f}"
     lines.append(f"| {r['arm']} | {', '.join(map(str, r['seeds']))} | {r['step']:.1f} | "
-                 f"{r['gain']:+.2f}{spread} |")
+                 f"{flips} | {r['gain']:+.2f}{spread} |")
   return "\n".join(lines)
 
 

@@ -99,22 +99,27 @@ def test_epoch_columns_and_gap_to_adam(tmp_path):
 
 def test_relative_step_uses_the_lr_multiplier_and_the_latent_scale(tmp_path):
   """steps: lr_mult x mean|w|_Adam / mean|w|_arm, gain over Adam's mean, ordered by step."""
-  def run(name, acc, mean_abs, multiplier=None):
-    _write(tmp_path, name, [0.1, acc], **{"weights/overall/mean_abs": mean_abs})
+  def run(name, acc, mean_abs, multiplier=None, flips=None):
+    last = {"weights/overall/mean_abs": mean_abs}
+    if flips is not None:
+      last["weights/overall/flip_ratio"] = flips
+    _write(tmp_path, name, [0.1, acc], **last)
     optim = {} if multiplier is None else {"binary_lr_multiplier": multiplier}
     with open(tmp_path / name / "config.json", "w") as f:
       json.dump({"optim": optim}, f)
   run("m3_r18_ce_s0", 0.60, 0.04, 1.0)
   run("m3_r18_ce_s1", 0.62, 0.02, 1.0)          # Adam: 61% and mean|w| 0.03 on average
   run("m1_adam_blr10_s0", 0.63, 0.15, 10.0)     # 10 x 0.03 / 0.15 = 2
-  run("m1_latent_decay_s0", 0.65, 0.006)        # no multiplier in an old config: 1 x 5
-  run("m1_latent_decay_s1", 0.66, 0.006)
+  run("m1_latent_decay_s0", 0.65, 0.006, flips=0.05)  # no multiplier in an old config: 1 x 5
+  run("m1_latent_decay_s1", 0.66, 0.006, flips=0.07)
   rows = tables.steps(str(tmp_path))
   assert [r["arm"] for r in rows] == ["m1_adam_blr10", "m1_latent_decay"]
   assert rows[0]["step"] == pytest.approx(2.0) and rows[0]["gain"] == pytest.approx(2.0)
   assert rows[1]["step"] == pytest.approx(5.0) and rows[1]["seeds"] == [0, 1]
   assert (rows[1]["gain"], rows[1]["low"], rows[1]["high"]) == pytest.approx((4.5, 4.0, 5.0))
-  assert "| m1_latent_decay | 0, 1 | 5.0 | +4.50 (+4.00 to +5.00) |" in tables.steps_table(rows)
+  text = tables.steps_table(rows)
+  assert "| m1_latent_decay | 0, 1 | 5.0 | 0.0600 | +4.50 (+4.00 to +5.00) |" in text
+  assert "| m1_adam_blr10 | 0 | 2.0 | - | +2.00 |" in text  # no flip ratio logged
   with pytest.raises(SystemExit, match="reference arm 'm3_r18_ce'"):
     tables.steps(str(tmp_path / "empty"))
 
