@@ -628,3 +628,32 @@ def test_logged_weight_target_follows_the_term_in_use():
   with c.unlocked():
     c.weight_target = 1.0
   assert optim.logged_weight_target(c) == 1.0
+
+
+def test_latent_decay_recipe_is_plain_optax_adamw_on_the_binary_kernels():
+  """configs/reactnet18_cifar10.py:latent_decay (the W-regularizer at t = 0, decoupled,
+  lambda 2) equals ``optax.adamw(schedule, weight_decay=2.0, mask=optim.binary_mask)``: AdamW's
+  decay, -lr(step) * 2 * w, on the latent binary weights only (docs/METHODS.md)."""
+  from configs import reactnet18_cifar10
+  c = reactnet18_cifar10.get_config("latent_decay")
+  c.num_epochs = 4
+  tx, lr = optim.build_optimizer(c, steps_per_epoch=5)
+  b1, b2 = c.optim.b1, c.optim.b2
+
+  def train(tx, steps=12):  # into the cosine decay, the same random gradients for each
+    rng = np.random.RandomState(0)
+    params = _tree(rng.randn(3, 2).astype(np.float32) * 0.05)
+    state = tx.init(params)
+    for _ in range(steps):
+      grads = jax.tree.map(lambda p: jnp.asarray(rng.randn(*p.shape), jnp.float32), params)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    return params
+
+  ours = train(tx)
+  adamw = train(optax.adamw(lr, b1=b1, b2=b2, weight_decay=2.0, mask=optim.binary_mask))
+  adam = train(optax.adam(lr, b1=b1, b2=b2))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), ours, adamw)
+  kernel = lambda p: p["block1"]["BinaryConv_0"]["binary_kernel"]
+  assert np.abs(kernel(adamw) - kernel(adam)).max() > 1e-5   # the decay is not a no-op
+  np.testing.assert_array_equal(ours["head"]["kernel"], adam["head"]["kernel"])
