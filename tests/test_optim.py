@@ -2,6 +2,8 @@
 (values by hand from the docstring formulas), masks, optax composition (chain,
 inject_hyperparams, jit, pmap), orbax round trips, a toy BNN, and build_optimizer."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -634,8 +636,9 @@ def test_latent_decay_recipe_is_plain_optax_adamw_on_the_binary_kernels():
   """configs/reactnet18_cifar10.py:latent_decay (the W-regularizer at t = 0, decoupled,
   lambda 2) equals ``optax.adamw(schedule, weight_decay=2.0, mask=optim.binary_mask)``: AdamW's
   decay, -lr(step) * 2 * w, on the latent binary weights only (docs/METHODS.md)."""
-  from configs import reactnet18_cifar10
-  c = reactnet18_cifar10.get_config("latent_decay")
+  from bnn_jax import config as config_lib
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = config_lib.load_file(os.path.join(repo, "configs", "reactnet18_cifar10.py") + ":latent_decay")
   c.num_epochs = 4
   tx, lr = optim.build_optimizer(c, steps_per_epoch=5)
   b1, b2 = c.optim.b1, c.optim.b2
