@@ -45,6 +45,7 @@ stop() {
 trap stop TERM INT
 
 while true; do
+  [ -f "$queue" ] && sed -i '/^[[:space:]]*$/d' "$queue"   # a blank line does not end the queue
   line=$(head -n 1 "$queue" 2>/dev/null)
   [ -z "$line" ] && break
   sed -i 1d "$queue"

@@ -163,7 +163,7 @@ QUEUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_proxy_queue_runs_every_line_in_order_and_logs_each_exit_status(tmp_path):
-  (tmp_path / "q.txt").write_text("4 no_such_arm 0\n4 no_such_arm 1\n")
+  (tmp_path / "q.txt").write_text("4 no_such_arm 0\n\n4 no_such_arm 1\n")  # a blank line too
   done = subprocess.run(["bash", QUEUE, "q"], env=dict(os.environ, QUEUE_DIR=str(tmp_path)),
                         timeout=120)
   assert done.returncode == 0 and (tmp_path / "q.txt").read_text() == ""
