@@ -198,8 +198,17 @@ def finished(workdir: str, epochs: int) -> bool:
 
 
 def collect(workdir: str, name: str, results: str = RESULTS) -> str:
-  """Copies a finished run's metrics.jsonl and config.json to experiments/results/NAME/."""
+  """Copies a finished run's metrics.jsonl and config.json to experiments/results/NAME/.
+
+  A collected run is never overwritten by a different one: a rerun whose metrics differ (a
+  teacher retrained on another CPU model, say) goes to NAME.rerun-YYYY-MM-DD/ instead.
+  """
   out = os.path.join(results, name)
+  old = os.path.join(out, "metrics.jsonl")
+  if os.path.exists(old):
+    with open(old, "rb") as a, open(os.path.join(workdir, "metrics.jsonl"), "rb") as b:
+      if a.read() != b.read():
+        out = f"{out}.rerun-{time.strftime('%Y-%m-%d', time.gmtime())}"
   os.makedirs(out, exist_ok=True)
   for f in ("metrics.jsonl", "config.json"):
     shutil.copy(os.path.join(workdir, f), os.path.join(out, f))

@@ -190,3 +190,18 @@ def test_sigterm_puts_the_running_job_back_at_the_front_of_the_queue(tmp_path):
   assert (tmp_path / "q.txt").read_text() == "4 m3_r18_ce 7\n4 m3_r18_ce 8\n"
   assert log.read_text().splitlines()[-1].endswith(
       f"stopped 4 m3_r18_ce 7 (back at the front of {tmp_path}/q.txt)")
+
+
+def test_collect_never_overwrites_a_different_result(tmp_path):
+  run, results = tmp_path / "runs" / "m2_fp_s0", tmp_path / "results"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text("{}")
+  (run / "metrics.jsonl").write_text('{"epoch": 1, "test/accuracy": 0.5}\n')
+  first = proxy.collect(str(run), "m2_fp_s0", str(results))
+  assert first == str(results / "m2_fp_s0")
+  assert proxy.collect(str(run), "m2_fp_s0", str(results)) == first   # the same run again
+  (run / "metrics.jsonl").write_text('{"epoch": 1, "test/accuracy": 0.6}\n')
+  rerun = proxy.collect(str(run), "m2_fp_s0", str(results))
+  assert rerun.startswith(str(results / "m2_fp_s0.rerun-20"))
+  assert "0.5" in (results / "m2_fp_s0" / "metrics.jsonl").read_text()
+  assert "0.6" in open(os.path.join(rerun, "metrics.jsonl")).read()
