@@ -140,6 +140,10 @@ ARMS = {
     "m2_reactnet_fda": ("reactnet18_fda", {}, {}),
     # ... and without mean-variance adjustment (on ResNet-18 it cost 5 points: m2_no_mv)
     "m2_reactnet_fda_no_mv": ("reactnet18_fda", {"mean_variance": False}, {}),
+    # ... and with latent decay lambda 2 (method 1's mechanism): the FDA network keeps Adam's
+    # latent scale and flip rate and gains by a lower training loss (16-epoch proxy), so the
+    # two act on different things and may add.
+    "m12_fda_decay": ("reactnet18_fda", {}, {**DECAY, "optim.w_reg.strength": 2.0}),
     # Method 3 (deep and shallow feature enhancement) and the VGG teacher.
     "m3_teacher_vgg_fp": ("vgg_small_fp", {}, {}),
     "m3_r18_semantic": ("reactnet18", {}, {**TEACHER_R18, **SEMANTIC}),
