@@ -42,7 +42,7 @@ ABLATIONS = {
     # what carries method 2's gain
     "method2_parts": ["m2_fp", "m2_bnn", "m2_mv", "m2_zp", "m2_mv_zp", "m2_ge", "m2_refine",
                       "m2_no_mv", "m2_all", "m2_reactnet_fda", "m2_reactnet_fda_no_mv"],
-    # do methods 1 and 3 add (latent decay under distillation)?
+    # does method 1 add to method 3 or to method 2 (latent decay under distillation, in FDA)?
     "stacking": ["m3_r18_ce", "m1_latent_decay", "m3_r18_both", "m13_r18_both_decay",
                  "m2_reactnet_fda", "m12_fda_decay"],
     # the bfloat16 precision policy against float32 (docs/METHODS.md, "Numerics")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -148,7 +149,7 @@ def test_cli_errors_are_one_line(runs, tmp_path, capsys):
 
 def test_missing_matplotlib_is_a_clear_user_error(runs, tmp_path, monkeypatch, capsys):
   # sys.modules[name] = None makes `import name` raise ImportError, as on a machine without it.
-  monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+  monkeypatch.setitem(sys.modules, "matplotlib", None)
   rc = inspect_cli.main(["--curves", str(tmp_path / "c.png"), *runs])
   err = capsys.readouterr().err
   assert rc == 2 and not (tmp_path / "c.png").exists()
